@@ -1,0 +1,3 @@
+from cudabox.cli import main
+
+raise SystemExit(main())

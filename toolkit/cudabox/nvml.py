@@ -1,0 +1,297 @@
+"""The only module that talks to NVML (NVIDIA's official binding, nvidia-ml-py, module `pynvml`).
+
+Every NVML call goes through `Nvml.call`, which turns NVML's error codes into a diagnosis and a
+fix. A GPU whose queries fail becomes an entry with `error` set; the other GPUs are still read.
+Tests pass a fake library object with the same functions and error classes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from cudabox.host import Gpu, HostProfile, MigDevice
+from cudabox.versions import CudaVersion
+
+T = TypeVar("T")
+
+# NVML return codes (nvml.h); stable across driver branches.
+NOT_SUPPORTED = 3
+NO_PERMISSION = 4
+NOT_FOUND = 6
+DRIVER_NOT_LOADED = 9
+LIBRARY_NOT_FOUND = 12
+FUNCTION_NOT_FOUND = 13
+GPU_IS_LOST = 15
+LIB_RM_VERSION_MISMATCH = 18
+
+_DIAGNOSES: dict[int, tuple[str, str]] = {
+    LIBRARY_NOT_FOUND: (
+        "the NVML library (libnvidia-ml.so.1) was not found: no NVIDIA driver is installed here",
+        "install the NVIDIA driver; inside a container, start it with GPUs (--gpus all) through the NVIDIA Container Toolkit",
+    ),
+    DRIVER_NOT_LOADED: (
+        "the NVIDIA kernel driver is not loaded",
+        "load it with `modprobe nvidia` or reboot; `dmesg | grep -i nvrm` says why it did not load",
+    ),
+    LIB_RM_VERSION_MISMATCH: (
+        "driver/library version mismatch: the NVML library and the loaded kernel module come from different driver versions (usually a driver upgrade without a reboot)",
+        "reload the NVIDIA kernel modules (stop GPU processes, `rmmod nvidia_uvm nvidia_drm nvidia_modeset nvidia`, `modprobe nvidia`) or reboot",
+    ),
+    NO_PERMISSION: (
+        "no permission to query the GPU",
+        "check the permissions of /dev/nvidia* (the user may need the 'video' group) or run with the rights the driver expects",
+    ),
+    GPU_IS_LOST: (
+        "the GPU is lost (it stopped answering, often after an Xid 79 'fallen off the bus')",
+        "check `dmesg` for Xid errors, then reset the GPU (`nvidia-smi -r -i N`) or reboot; check power and cooling",
+    ),
+    FUNCTION_NOT_FOUND: (
+        "the driver does not provide this NVML function (nvidia-ml-py is newer than the driver)",
+        "upgrade the NVIDIA driver, or install the nvidia-ml-py release that matches the driver branch",
+    ),
+}
+
+
+class NvmlFailure(Exception):
+    """An NVML call failed; `diagnosis` and `fix` are meant for people."""
+
+    def __init__(self, code: int | None, diagnosis: str, fix: str) -> None:
+        super().__init__(diagnosis)
+        self.code = code
+        self.diagnosis = diagnosis
+        self.fix = fix
+
+
+def diagnose(code: int | None, raw: str) -> tuple[str, str]:
+    if code in _DIAGNOSES:
+        return _DIAGNOSES[code]
+    return f"NVML error: {raw}", "run `nvidia-smi` to see whether the driver answers; check `dmesg` for Xid errors"
+
+
+def load_pynvml() -> Any:
+    """Import the official binding, refusing the unofficial `pynvml` distribution that shadows it."""
+    try:
+        owners = importlib.metadata.packages_distributions().get("pynvml", [])
+    except Exception:  # metadata can be broken in odd environments; the import below still decides
+        owners = []
+    if owners and all(o.lower().replace("_", "-") != "nvidia-ml-py" for o in owners):
+        raise NvmlFailure(
+            None,
+            f"the `pynvml` module comes from {', '.join(owners)}, not NVIDIA's nvidia-ml-py",
+            "pip uninstall pynvml && pip install nvidia-ml-py",
+        )
+    try:
+        return importlib.import_module("pynvml")
+    except ImportError:
+        raise NvmlFailure(None, "nvidia-ml-py is not installed", "pip install nvidia-ml-py") from None
+
+
+@dataclass
+class Nvml:
+    """A thin session over the binding: `call` is the one place errors are translated."""
+
+    lib: Any
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except self.lib.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            diagnosis, fix = diagnose(code, str(exc))
+            raise NvmlFailure(code, diagnosis, fix) from None
+
+    def optional(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """For fields some GPUs or drivers lack: 'not supported' and 'not found' read as None."""
+        try:
+            return self.call(fn, *args)
+        except NvmlFailure as exc:
+            if exc.code in (NOT_SUPPORTED, FUNCTION_NOT_FOUND, NOT_FOUND):
+                return None
+            raise
+
+    def __enter__(self) -> Nvml:
+        self.call(self.lib.nvmlInit)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.lib.nvmlShutdown()
+        except self.lib.NVMLError:
+            pass  # shutting down a half-initialised library is not worth reporting
+
+
+def _text(value: Any) -> str:
+    # Older or forked bindings return bytes where nvidia-ml-py returns str.
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def probe(lib: Any | None = None, env: Mapping[str, str] | None = None) -> HostProfile:
+    """Read the host's driver and GPUs. Never raises for a missing or broken driver."""
+    env = os.environ if env is None else env
+    visible_spec = env.get("CUDA_VISIBLE_DEVICES")
+    hostname = socket.gethostname()
+    try:
+        session = Nvml(lib if lib is not None else load_pynvml())
+        with session:
+            driver = _text(session.call(session.lib.nvmlSystemGetDriverVersion))
+            cuda = _cuda_driver_version(session)
+            nvml_version = session.optional(session.lib.nvmlSystemGetNVMLVersion)
+            count = session.call(session.lib.nvmlDeviceGetCount)
+            gpus = [_read_gpu(session, index) for index in range(count)]
+    except NvmlFailure as exc:
+        no_driver = exc.code in (LIBRARY_NOT_FOUND, DRIVER_NOT_LOADED)
+        return HostProfile(
+            driver_version=None,
+            cuda_driver_version=None,
+            gpus=(),
+            status="no-driver" if no_driver else "error",
+            message=exc.diagnosis,
+            fix=exc.fix,
+            hostname=hostname,
+            cuda_visible_devices=visible_spec,
+        )
+    return HostProfile(
+        driver_version=driver,
+        cuda_driver_version=str(cuda) if cuda else None,
+        gpus=tuple(apply_visibility(gpus, visible_spec)),
+        status="ok",
+        message=None if gpus else "the driver is loaded but reports no GPU",
+        hostname=hostname,
+        nvml_version=_text(nvml_version) if nvml_version is not None else None,
+        cuda_visible_devices=visible_spec,
+    )
+
+
+def _cuda_driver_version(session: Nvml) -> CudaVersion | None:
+    # _v2 reads libcuda itself; v1 may return a made-up "supported" value when libcuda is missing.
+    v2 = getattr(session.lib, "nvmlSystemGetCudaDriverVersion_v2", None)
+    value = session.optional(v2) if v2 is not None else None
+    if value is None:
+        value = session.optional(session.lib.nvmlSystemGetCudaDriverVersion)
+    return CudaVersion.from_int(int(value)) if value else None
+
+
+def _read_gpu(session: Nvml, index: int) -> Gpu:
+    lib = session.lib
+    try:
+        handle = session.call(lib.nvmlDeviceGetHandleByIndex, index)
+        major, minor = session.call(lib.nvmlDeviceGetCudaComputeCapability, handle)
+        memory = session.call(lib.nvmlDeviceGetMemoryInfo, handle)
+        pci = session.optional(lib.nvmlDeviceGetPciInfo, handle)
+        brand = session.optional(lib.nvmlDeviceGetBrand, handle)
+        mig = session.optional(lib.nvmlDeviceGetMigMode, handle)
+        mig_enabled = bool(mig) and int(mig[0]) == 1
+        return Gpu(
+            index=index,
+            uuid=_text(session.call(lib.nvmlDeviceGetUUID, handle)),
+            name=_text(session.call(lib.nvmlDeviceGetName, handle)),
+            compute_capability=f"{major}.{minor}",
+            memory_total_mib=int(memory.total) // (1024 * 1024),
+            pci_device_id=f"0x{int(pci.pciDeviceId):08X}" if pci is not None else None,
+            pci_bus_id=_text(pci.busId) if pci is not None else None,
+            brand=_brand_name(lib, brand),
+            mig_enabled=mig_enabled,
+            mig_devices=tuple(_read_migs(session, handle)) if mig_enabled else (),
+        )
+    except NvmlFailure as exc:
+        uuid = None
+        try:
+            uuid = _text(lib.nvmlDeviceGetUUID(lib.nvmlDeviceGetHandleByIndex(index)))
+        except Exception:  # the GPU is already known to be broken; the uuid is a bonus
+            pass
+        return Gpu(index=index, uuid=uuid, error=exc.diagnosis, fix=exc.fix)
+
+
+def _read_migs(session: Nvml, handle: Any) -> list[MigDevice]:
+    lib = session.lib
+    slots = session.optional(lib.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
+    devices = []
+    for slot in range(int(slots)):
+        mig = session.optional(lib.nvmlDeviceGetMigDeviceHandleByIndex, handle, slot)
+        if mig is None:
+            continue  # an empty slot: no instance was created there
+        memory = session.optional(lib.nvmlDeviceGetMemoryInfo, mig)
+        devices.append(
+            MigDevice(
+                index=slot,
+                uuid=_text(session.call(lib.nvmlDeviceGetUUID, mig)),
+                name=_text(session.optional(lib.nvmlDeviceGetName, mig) or "") or None,
+                memory_total_mib=int(memory.total) // (1024 * 1024) if memory is not None else None,
+            )
+        )
+    return devices
+
+
+def _brand_name(lib: Any, brand: int | None) -> str | None:
+    if brand is None:
+        return None
+    names = {
+        getattr(lib, attr): attr.removeprefix("NVML_BRAND_")
+        for attr in dir(lib)
+        if attr.startswith("NVML_BRAND_") and attr != "NVML_BRAND_COUNT"
+    }
+    raw = names.get(brand)
+    return _PRETTY_BRANDS.get(raw, raw.replace("_", " ").title()) if raw else f"brand {brand}"
+
+
+_PRETTY_BRANDS = {
+    "GEFORCE": "GeForce",
+    "GEFORCE_RTX": "GeForce RTX",
+    "TITAN": "Titan",
+    "TITAN_RTX": "Titan RTX",
+    "TESLA": "Tesla",
+    "QUADRO": "Quadro",
+    "QUADRO_RTX": "Quadro RTX",
+    "NVIDIA_RTX": "NVIDIA RTX",
+    "NVIDIA": "NVIDIA",
+}
+
+
+def apply_visibility(gpus: list[Gpu], spec: str | None) -> list[Gpu]:
+    """Mark what CUDA_VISIBLE_DEVICES lets a CUDA process see (indices, GPU-/MIG- UUIDs).
+
+    Like the CUDA runtime, parsing stops at the first entry that matches nothing.
+    """
+    if spec is None:
+        return gpus
+    shown_gpus: set[int] = set()
+    shown_migs: set[str] = set()
+    for entry in (e.strip() for e in spec.split(",")):
+        hit = _match_entry(gpus, entry)
+        if hit is None:
+            break
+        gpu_index, mig_uuid = hit
+        shown_gpus.add(gpu_index)
+        if mig_uuid:
+            shown_migs.add(mig_uuid)
+    result = []
+    for gpu in gpus:
+        migs = tuple(
+            MigDevice(m.index, m.uuid, m.name, m.memory_total_mib, visible=m.uuid in shown_migs or (gpu.index in shown_gpus and not shown_migs))
+            for m in gpu.mig_devices
+        )
+        result.append(replace(gpu, visible=gpu.index in shown_gpus, mig_devices=migs))
+    return result
+
+
+def _match_entry(gpus: list[Gpu], entry: str) -> tuple[int, str | None] | None:
+    if entry.isdigit():
+        number = int(entry)
+        return (number, None) if any(g.index == number for g in gpus) else None
+    if entry.startswith("MIG-"):
+        for gpu in gpus:
+            for mig in gpu.mig_devices:
+                if mig.uuid == entry:
+                    return gpu.index, mig.uuid
+        return None
+    if entry.startswith("GPU-"):
+        # CUDA accepts any unique prefix of a GPU UUID.
+        matches = [g for g in gpus if g.uuid and g.uuid.startswith(entry)]
+        return (matches[0].index, None) if len(matches) == 1 else None
+    return None
