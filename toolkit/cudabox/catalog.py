@@ -26,7 +26,13 @@ _REQUIRED = {
     "lock": str,
     "source": str,
 }
-_CUDA_REQUIRED = {"cuda": str, "cudnn": str, "sass_archs": list, "ptx_archs": list, "min_driver": str}
+_CUDA_REQUIRED = {
+    "cuda": str,
+    "cudnn": str,
+    "sass_archs": list,
+    "ptx_archs": list,
+    "min_driver": str,
+}
 _OPTIONAL = {"index_url": str, "ptx_cuda": str, "forward_compat": bool}
 _KNOWN = {**_REQUIRED, **_CUDA_REQUIRED, **_OPTIONAL}
 
@@ -129,7 +135,10 @@ def parse_catalog(data: dict[str, Any], root: Path, where: str = "catalog") -> C
         raise DataError(f"{where}: unknown top-level key {sorted(unknown_top)[0]!r}")
     if data.get("schema") != 1:
         raise DataError(f"{where}: 'schema' must be 1, got {data.get('schema')!r}")
-    images = tuple(_parse_image(raw, root, f"{where} image #{n + 1}") for n, raw in enumerate(data.get("image", [])))
+    images = tuple(
+        _parse_image(raw, root, f"{where} image #{n + 1}")
+        for n, raw in enumerate(data.get("image", []))
+    )
     if not images:
         raise DataError(f"{where}: no [[image]] entries")
     names = [i.name for i in images]
@@ -144,12 +153,12 @@ def _parse_image(raw: dict[str, Any], root: Path, where: str) -> ImageSpec:
         where = f"{where} ({raw['name']})"
     for key in raw:
         if key not in _KNOWN:
-            raise DataError(f"{where}: unknown key {key!r}", f"known keys: {', '.join(sorted(_KNOWN))}")
+            raise DataError(
+                f"{where}: unknown key {key!r}", f"known keys: {', '.join(sorted(_KNOWN))}"
+            )
     flavor = raw.get("flavor")
-    required = dict(_REQUIRED)
-    if flavor == "cuda":
-        required.update(_CUDA_REQUIRED)
-    for key, kind in required.items():
+    required: dict[str, type] = {**_REQUIRED, **(_CUDA_REQUIRED if flavor == "cuda" else {})}
+    for key in required:
         if key not in raw:
             raise DataError(f"{where}: missing key {key!r}")
     for key, value in raw.items():

@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--json", action="store_true", help="print the host profile as JSON")
     probe.set_defaults(func=cmd_probe)
 
-    sel = sub.add_parser("select", help="pick the catalog image that fits this host (or the hosts given)")
+    sel = sub.add_parser(
+        "select", help="pick the catalog image that fits this host (or the hosts given)"
+    )
     add_selection_args(sel)
     sel.add_argument("--json", action="store_true", help="print every verdict as JSON")
     sel.set_defaults(func=cmd_select)
@@ -63,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_selection_args(parser: argparse.ArgumentParser, framework_required: bool = True) -> None:
-    parser.add_argument("--framework", choices=FRAMEWORKS, required=framework_required, default="torch")
+    parser.add_argument(
+        "--framework", choices=FRAMEWORKS, required=framework_required, default="torch"
+    )
     parser.add_argument("--flavor", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument(
         "--host",
@@ -115,7 +119,16 @@ def render_profile(profile: HostProfile) -> str:
         for g in profile.gpus:
             mig = f"on ({len(g.mig_devices)} instances)" if g.mig_enabled else "off"
             memory = f"{g.memory_total_mib} MiB" if g.memory_total_mib is not None else "-"
-            rows.append([g.index, g.name or f"error: {g.error}", g.compute_capability or "-", memory, mig, "yes" if g.visible else "no"])
+            rows.append(
+                [
+                    g.index,
+                    g.name or f"error: {g.error}",
+                    g.compute_capability or "-",
+                    memory,
+                    mig,
+                    "yes" if g.visible else "no",
+                ]
+            )
         lines += ["", table(["GPU", "name", "CC", "memory", "MIG", "visible"], rows)]
     return "\n".join(lines)
 
@@ -139,7 +152,9 @@ def render_selection(selection: Selection) -> str:
     for verdict in selection.verdicts:
         mark = "fits" if verdict.fits else "no"
         why = "; ".join(r.render(fleet) for r in verdict.reasons) or "-"
-        rows.append([verdict.image.name, verdict.image.flavor, str(verdict.image.cuda or "-"), mark, why])
+        rows.append(
+            [verdict.image.name, verdict.image.flavor, str(verdict.image.cuda or "-"), mark, why]
+        )
     text = table(["image", "flavor", "CUDA", "fits", "reasons"], rows)
     if selection.selected:
         text += f"\n\nselected: {selection.selected.name} ({selection.selected.tag})"
@@ -197,5 +212,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
         return int(ExitCode.OK)
-
-

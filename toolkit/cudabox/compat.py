@@ -47,11 +47,17 @@ def parse_compat(data: dict[str, Any]) -> Compat:
             for row in data[table]:
                 for key in str(row["source"]).split(","):
                     if key not in sources:
-                        raise DataError(f"compat data: {table} row {row} cites unknown source {key!r}")
+                        raise DataError(
+                            f"compat data: {table} row {row} cites unknown source {key!r}"
+                        )
         drivers = sorted(
-            (CudaVersion.parse(r["cuda"]), DriverVersion.parse(r["driver"])) for r in data["toolkit_driver"]
+            (CudaVersion.parse(r["cuda"]), DriverVersion.parse(r["driver"]))
+            for r in data["toolkit_driver"]
         )
-        floors = {int(r["cuda_major"]): DriverVersion.parse(r["driver"]) for r in data["minor_version_floor"]}
+        floors = {
+            int(r["cuda_major"]): DriverVersion.parse(r["driver"])
+            for r in data["minor_version_floor"]
+        }
         tegra = frozenset(parse_cc(r["compute_capability"]) for r in data["tegra"])
     except (KeyError, ValueError) as exc:
         raise DataError(f"compat data is malformed: {exc}") from None

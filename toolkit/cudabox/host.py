@@ -96,7 +96,9 @@ class HostProfile:
     def from_json(cls, data: Any, source: str | None = None) -> HostProfile:
         where = source or "host profile"
         if not isinstance(data, dict):
-            raise UsageError(f"{where} is not a JSON object", "pass the output of `cudabox probe --json`")
+            raise UsageError(
+                f"{where} is not a JSON object", "pass the output of `cudabox probe --json`"
+            )
         try:
             gpus = tuple(_gpu_from_json(g) for g in data.get("gpus") or [])
             return cls(

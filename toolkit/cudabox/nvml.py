@@ -7,6 +7,7 @@ Tests pass a fake library object with the same functions and error classes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import os
@@ -71,7 +72,10 @@ class NvmlFailure(Exception):
 def diagnose(code: int | None, raw: str) -> tuple[str, str]:
     if code in _DIAGNOSES:
         return _DIAGNOSES[code]
-    return f"NVML error: {raw}", "run `nvidia-smi` to see whether the driver answers; check `dmesg` for Xid errors"
+    return (
+        f"NVML error: {raw}",
+        "run `nvidia-smi` to see whether the driver answers; check `dmesg` for Xid errors",
+    )
 
 
 def load_pynvml() -> Any:
@@ -89,7 +93,9 @@ def load_pynvml() -> Any:
     try:
         return importlib.import_module("pynvml")
     except ImportError:
-        raise NvmlFailure(None, "nvidia-ml-py is not installed", "pip install nvidia-ml-py") from None
+        raise NvmlFailure(
+            None, "nvidia-ml-py is not installed", "pip install nvidia-ml-py"
+        ) from None
 
 
 @dataclass
@@ -120,10 +126,9 @@ class Nvml:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
+        # Shutting down a half-initialised library is not worth reporting.
+        with contextlib.suppress(self.lib.NVMLError):
             self.lib.nvmlShutdown()
-        except self.lib.NVMLError:
-            pass  # shutting down a half-initialised library is not worth reporting
 
 
 def _text(value: Any) -> str:
@@ -186,7 +191,7 @@ def _read_gpu(session: Nvml, index: int) -> Gpu:
         pci = session.optional(lib.nvmlDeviceGetPciInfo, handle)
         brand = session.optional(lib.nvmlDeviceGetBrand, handle)
         mig = session.optional(lib.nvmlDeviceGetMigMode, handle)
-        mig_enabled = bool(mig) and int(mig[0]) == 1
+        mig_enabled = mig is not None and int(mig[0]) == 1
         return Gpu(
             index=index,
             uuid=_text(session.call(lib.nvmlDeviceGetUUID, handle)),
@@ -201,10 +206,8 @@ def _read_gpu(session: Nvml, index: int) -> Gpu:
         )
     except NvmlFailure as exc:
         uuid = None
-        try:
+        with contextlib.suppress(Exception):  # the GPU is known broken; its uuid is a bonus
             uuid = _text(lib.nvmlDeviceGetUUID(lib.nvmlDeviceGetHandleByIndex(index)))
-        except Exception:  # the GPU is already known to be broken; the uuid is a bonus
-            pass
         return Gpu(index=index, uuid=uuid, error=exc.diagnosis, fix=exc.fix)
 
 
@@ -273,7 +276,13 @@ def apply_visibility(gpus: list[Gpu], spec: str | None) -> list[Gpu]:
     result = []
     for gpu in gpus:
         migs = tuple(
-            MigDevice(m.index, m.uuid, m.name, m.memory_total_mib, visible=m.uuid in shown_migs or (gpu.index in shown_gpus and not shown_migs))
+            MigDevice(
+                m.index,
+                m.uuid,
+                m.name,
+                m.memory_total_mib,
+                visible=m.uuid in shown_migs or (gpu.index in shown_gpus and not shown_migs),
+            )
             for m in gpu.mig_devices
         )
         result.append(replace(gpu, visible=gpu.index in shown_gpus, mig_devices=migs))
@@ -295,3 +304,174 @@ def _match_entry(gpus: list[Gpu], entry: str) -> tuple[int, str | None] | None:
         matches = [g for g in gpus if g.uuid and g.uuid.startswith(entry)]
         return (matches[0].index, None) if len(matches) == 1 else None
     return None
+
+
+# --- Health queries for `cudabox doctor` (appended; the probe above does not use them) -------
+
+
+@dataclass(frozen=True)
+class GpuHealth:
+    """Raw NVML health readings of one GPU; None means the GPU or driver does not report it."""
+
+    index: int
+    uuid: str | None = None
+    name: str | None = None
+    pci_device_id: str | None = None
+    pci_bus_id: str | None = None
+    persistence_mode: bool | None = None
+    ecc_enabled: bool | None = None
+    ecc_uncorrected_volatile: int | None = None  # since the last driver load or GPU reset
+    ecc_uncorrected_aggregate: int | None = None  # over the GPU's life
+    retired_pages_sbe: int | None = None  # pre-Ampere page retirement, single-bit cause
+    retired_pages_dbe: int | None = None  # double-bit cause
+    retired_pages_pending: bool | None = None
+    remapped_rows_correctable: int | None = None  # Ampere and newer: row remapping
+    remapped_rows_uncorrectable: int | None = None
+    remap_pending: bool | None = None
+    remap_failure: bool | None = None
+    clock_event_reasons: int | None = None  # bit mask, nvmlClocksEventReason*
+    pcie_gen_current: int | None = None
+    pcie_gen_max: int | None = None  # the most this GPU in this slot can reach
+    pcie_gen_gpu_max: int | None = None  # the most the GPU itself can do
+    pcie_width_current: int | None = None
+    pcie_width_max: int | None = None
+    mig_current: int | None = None  # NVML_DEVICE_MIG_ENABLE = 1
+    mig_pending: int | None = None
+    error: str | None = None  # set when this GPU could not be read
+    fix: str | None = None
+
+
+@dataclass(frozen=True)
+class HostHealth:
+    status: str  # "ok", "no-driver" or "error" (as HostProfile.status)
+    code: int | None = None  # the NVML error code behind a non-ok status
+    message: str | None = None
+    fix: str | None = None
+    driver_version: str | None = None
+    nvml_version: str | None = None
+    device_count: int | None = None
+    gpus: tuple[GpuHealth, ...] = ()
+
+
+def health(lib: Any | None = None) -> HostHealth:
+    """Read what `cudabox doctor` judges. Never raises for a missing or broken driver."""
+    try:
+        session = Nvml(lib if lib is not None else load_pynvml())
+        with session:
+            driver = _text(session.call(session.lib.nvmlSystemGetDriverVersion))
+            nvml_version = session.optional(session.lib.nvmlSystemGetNVMLVersion)
+            count = int(session.call(session.lib.nvmlDeviceGetCount))
+            gpus = tuple(_read_health(session, index) for index in range(count))
+    except NvmlFailure as exc:
+        no_driver = exc.code in (LIBRARY_NOT_FOUND, DRIVER_NOT_LOADED) or exc.code is None
+        return HostHealth(
+            status="no-driver" if no_driver else "error",
+            code=exc.code,
+            message=exc.diagnosis,
+            fix=exc.fix,
+        )
+    return HostHealth(
+        status="ok",
+        driver_version=driver,
+        nvml_version=_text(nvml_version) if nvml_version is not None else None,
+        device_count=count,
+        gpus=gpus,
+    )
+
+
+def _read_health(session: Nvml, index: int) -> GpuHealth:
+    lib = session.lib
+    try:
+        handle = session.call(lib.nvmlDeviceGetHandleByIndex, index)
+        uuid = _text(session.call(lib.nvmlDeviceGetUUID, handle))
+        name = _text(session.call(lib.nvmlDeviceGetName, handle))
+    except NvmlFailure as exc:
+        return GpuHealth(index=index, error=exc.diagnosis, fix=exc.fix)
+    try:
+        pci = session.optional(lib.nvmlDeviceGetPciInfo, handle)
+        persistence = session.optional(lib.nvmlDeviceGetPersistenceMode, handle)
+        ecc = session.optional(lib.nvmlDeviceGetEccMode, handle)
+        ecc_on = bool(ecc) and int(ecc[0]) == 1
+        ecc_volatile = ecc_aggregate = None
+        if ecc_on:
+            uncorrected = getattr(lib, "NVML_MEMORY_ERROR_TYPE_UNCORRECTED", 1)
+            ecc_volatile = session.optional(
+                lib.nvmlDeviceGetTotalEccErrors,
+                handle,
+                uncorrected,
+                getattr(lib, "NVML_VOLATILE_ECC", 0),
+            )
+            ecc_aggregate = session.optional(
+                lib.nvmlDeviceGetTotalEccErrors,
+                handle,
+                uncorrected,
+                getattr(lib, "NVML_AGGREGATE_ECC", 1),
+            )
+        sbe = dbe = pages_pending = None
+        remap = None
+        if ecc_on:
+            # Ampere and newer remap rows instead of retiring pages; older GPUs retire pages.
+            remap = session.optional(lib.nvmlDeviceGetRemappedRows, handle)
+            if remap is None:
+                sbe_pages = session.optional(lib.nvmlDeviceGetRetiredPages, handle, 0)
+                dbe_pages = session.optional(lib.nvmlDeviceGetRetiredPages, handle, 1)
+                sbe = len(sbe_pages) if sbe_pages is not None else None
+                dbe = len(dbe_pages) if dbe_pages is not None else None
+                pending = session.optional(lib.nvmlDeviceGetRetiredPagesPendingStatus, handle)
+                pages_pending = None if pending is None else int(pending) == 1
+        reasons = _clock_reasons(session, handle)
+        mig = session.optional(lib.nvmlDeviceGetMigMode, handle)
+        return GpuHealth(
+            index=index,
+            uuid=uuid,
+            name=name,
+            pci_device_id=f"0x{int(pci.pciDeviceId):08X}" if pci is not None else None,
+            pci_bus_id=_text(pci.busId) if pci is not None else None,
+            persistence_mode=None if persistence is None else int(persistence) == 1,
+            ecc_enabled=None if ecc is None else ecc_on,
+            ecc_uncorrected_volatile=_opt_count(ecc_volatile),
+            ecc_uncorrected_aggregate=_opt_count(ecc_aggregate),
+            retired_pages_sbe=sbe,
+            retired_pages_dbe=dbe,
+            retired_pages_pending=pages_pending,
+            remapped_rows_correctable=int(remap[0]) if remap is not None else None,
+            remapped_rows_uncorrectable=int(remap[1]) if remap is not None else None,
+            remap_pending=bool(remap[2]) if remap is not None else None,
+            remap_failure=bool(remap[3]) if remap is not None else None,
+            clock_event_reasons=reasons,
+            pcie_gen_current=_opt_count(
+                session.optional(lib.nvmlDeviceGetCurrPcieLinkGeneration, handle)
+            ),
+            pcie_gen_max=_opt_count(
+                session.optional(lib.nvmlDeviceGetMaxPcieLinkGeneration, handle)
+            ),
+            pcie_gen_gpu_max=_opt_count(
+                _optional_fn(session, "nvmlDeviceGetGpuMaxPcieLinkGeneration", handle)
+            ),
+            pcie_width_current=_opt_count(
+                session.optional(lib.nvmlDeviceGetCurrPcieLinkWidth, handle)
+            ),
+            pcie_width_max=_opt_count(session.optional(lib.nvmlDeviceGetMaxPcieLinkWidth, handle)),
+            mig_current=int(mig[0]) if mig is not None else None,
+            mig_pending=int(mig[1]) if mig is not None else None,
+        )
+    except NvmlFailure as exc:
+        return GpuHealth(index=index, uuid=uuid, name=name, error=exc.diagnosis, fix=exc.fix)
+
+
+def _clock_reasons(session: Nvml, handle: Any) -> int | None:
+    # The "event reasons" call replaced the "throttle reasons" one (same bits) in newer drivers.
+    value = _optional_fn(session, "nvmlDeviceGetCurrentClocksEventReasons", handle)
+    if value is None:
+        value = _optional_fn(session, "nvmlDeviceGetCurrentClocksThrottleReasons", handle)
+    return _opt_count(value)
+
+
+def _optional_fn(session: Nvml, name: str, *args: Any) -> Any:
+    """`optional` for functions an older binding may not define at all."""
+    fn = getattr(session.lib, name, None)
+    return session.optional(fn, *args) if fn is not None else None
+
+
+def _opt_count(value: Any) -> int | None:
+    return None if value is None else int(value)

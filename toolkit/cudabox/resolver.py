@@ -13,7 +13,7 @@ from typing import Any, Literal
 from cudabox.catalog import Catalog, ImageSpec, rank_key
 from cudabox.compat import Compat, load_compat
 from cudabox.host import Gpu, HostProfile
-from cudabox.versions import Arch, CudaVersion, DriverVersion
+from cudabox.versions import Arch, DriverVersion
 
 Flavor = Literal["auto", "cuda", "cpu"]
 Coverage = Literal["sass", "ptx", "none"]
@@ -28,6 +28,7 @@ class Reason:
     host: str | None = None
     fix: str | None = None
     blocking: bool = True
+    needs_driver: DriverVersion | None = None  # for driver blockers: the upgrade that lifts it
 
     def render(self, with_host: bool) -> str:
         return f"{self.host}: {self.text}" if with_host and self.host else self.text
@@ -86,7 +87,8 @@ class Selection:
                     "fits": v.fits,
                     "reasons": [r.render(fleet) for r in v.reasons],
                     "blockers": [
-                        {"kind": r.kind, "host": r.host, "text": r.text, "fix": r.fix} for r in v.blockers
+                        {"kind": r.kind, "host": r.host, "text": r.text, "fix": r.fix}
+                        for r in v.blockers
                     ],
                 }
                 for v in self.verdicts
@@ -128,20 +130,29 @@ def judge(image: ImageSpec, host: HostProfile, compat: Compat) -> list[Reason]:
     name = host.name
     if not image.is_cuda:
         if host.visible_gpus:
-            return [Reason("note", "runs on the CPU; the host's GPUs stay unused", name, blocking=False)]
+            return [
+                Reason("note", "runs on the CPU; the host's GPUs stay unused", name, blocking=False)
+            ]
         return []
 
     gpus = host.visible_gpus
     if not gpus:
         why = host.message or "no NVIDIA GPU is visible"
-        return [Reason("no-gpu", f"no usable NVIDIA GPU ({why})", name, host.fix or "use --flavor cpu")]
+        return [
+            Reason("no-gpu", f"no usable NVIDIA GPU ({why})", name, host.fix or "use --flavor cpu")
+        ]
 
     reasons: list[Reason] = []
     ptx_gpus: list[Gpu] = []
     for gpu in gpus:
         if gpu.cc is None:
             reasons.append(
-                Reason("gpu-error", f"{gpu.label} could not be read: {gpu.error or 'unknown error'}", name, gpu.fix)
+                Reason(
+                    "gpu-error",
+                    f"{gpu.label} could not be read: {gpu.error or 'unknown error'}",
+                    name,
+                    gpu.fix,
+                )
             )
             continue
         coverage = gpu_coverage(gpu.cc, image, compat)
@@ -172,19 +183,36 @@ def _arch_fix(gpu: Gpu, image: ImageSpec) -> str:
 
 
 def _driver_reasons(
-    image: ImageSpec, host: HostProfile, gpus: Sequence[Gpu], ptx_gpus: Sequence[Gpu], compat: Compat
+    image: ImageSpec,
+    host: HostProfile,
+    gpus: Sequence[Gpu],
+    ptx_gpus: Sequence[Gpu],
+    compat: Compat,
 ) -> list[Reason]:
     assert image.cuda is not None
     name = host.name
     if host.driver_version is None:
-        return [Reason("driver", "no NVIDIA driver version is known", name, "install the NVIDIA driver")]
+        return [
+            Reason("driver", "no NVIDIA driver version is known", name, "install the NVIDIA driver")
+        ]
     try:
         driver = DriverVersion.parse(host.driver_version)
     except ValueError as exc:
-        return [Reason("driver", str(exc), name, "regenerate the host profile with `cudabox probe --json`")]
+        return [
+            Reason(
+                "driver", str(exc), name, "regenerate the host profile with `cudabox probe --json`"
+            )
+        ]
     supported = host.driver_cuda or compat.cuda_for_driver(driver)
     if supported is None:
-        return [Reason("driver", f"driver {driver} predates every CUDA release cudabox knows", name, _upgrade(image, compat))]
+        return [
+            Reason(
+                "driver",
+                f"driver {driver} predates every CUDA release cudabox knows",
+                name,
+                _upgrade(image, compat),
+            )
+        ]
 
     wanted = image.cuda
     if supported >= wanted:
@@ -202,7 +230,10 @@ def _driver_reasons(
                     f"driver {driver} supports CUDA {supported}; {labels} relies on PTX JIT of PTX from "
                     f"CUDA {ptx_from}, which does not load on an older driver",
                     name,
-                    f"upgrade the NVIDIA driver to >= {needed}" if needed else "upgrade the NVIDIA driver",
+                    f"upgrade the NVIDIA driver to >= {needed}"
+                    if needed
+                    else "upgrade the NVIDIA driver",
+                    needs_driver=needed,
                 )
             ]
         return [
@@ -229,7 +260,15 @@ def _driver_reasons(
         text += f", which needs a driver >= {floor}"
     if image.forward_compat and consumer:
         text += f"; forward compatibility is not available on {consumer[0].name}"
-    return [Reason("driver", text, name, _upgrade(image, compat))]
+    return [
+        Reason(
+            "driver",
+            text,
+            name,
+            _upgrade(image, compat),
+            needs_driver=floor or compat.toolkit_driver(wanted),
+        )
+    ]
 
 
 def _upgrade(image: ImageSpec, compat: Compat) -> str:
@@ -278,7 +317,11 @@ def _effective_flavor(flavor: Flavor, hosts: Sequence[HostProfile]) -> str:
 
 
 def _auto_why(wanted: str) -> str:
-    return "a GPU is visible, so --flavor auto means cuda" if wanted == "cuda" else "no GPU is visible, so --flavor auto means cpu"
+    return (
+        "a GPU is visible, so --flavor auto means cuda"
+        if wanted == "cuda"
+        else "no GPU is visible, so --flavor auto means cpu"
+    )
 
 
 def _explain_no_fit(
@@ -287,22 +330,30 @@ def _explain_no_fit(
     considered = [v for v in verdicts if v.image.flavor == wanted]
     if not considered:
         return f"the catalog has no {framework} {wanted} image", "add one to images/catalog.toml"
-    cpu_hint = " or use --flavor cpu" if wanted == "cuda" else ""
-    blockers = [r for v in considered for r in v.blockers]
-    if all(r.kind == "driver" for r in blockers):
-        # Every image is held back by the driver alone: name the smallest upgrade that helps.
-        cudas = [v.image.cuda for v in considered if v.image.cuda is not None]
-        lowest = min(cudas) if cudas else CudaVersion(0, 0)
-        first = min(
-            (v for v in considered if v.image.cuda == lowest), key=lambda v: v.image.name
-        ).blockers[0]
-        floor = compat.minor_version_floor(lowest.major)
+    cpu_hint = "; or use --flavor cpu" if wanted == "cuda" else ""
+    driver_only = [
+        v
+        for v in considered
+        if all(r.kind in ("driver", "ptx-driver") and r.needs_driver for r in v.blockers)
+    ]
+    if driver_only:
+        # Some image is held back by the driver alone: name the smallest upgrade that makes one fit.
+        def upgrade(v: Verdict) -> DriverVersion:
+            return max(r.needs_driver for r in v.blockers if r.needs_driver is not None)
+
+        best = min(driver_only, key=lambda v: (upgrade(v), v.image.name))
+        first = best.blockers[0]
         host = f"{first.host}: " if fleet and first.host else ""
         detail = first.text.split(";")[0]
-        message = f"{host}{detail}; the {framework} images need CUDA >= {lowest.major}.0"
-        if floor is not None:
-            message += f", which needs a driver >= {floor}"
-        return message, f"upgrade the NVIDIA driver to >= {floor}{cpu_hint}"
+        needed = upgrade(best)
+        if first.kind == "driver" and best.image.cuda is not None:
+            message = f"{host}{detail}; the {framework} images need CUDA >= {best.image.cuda.major}.0, which needs a driver >= {needed}"
+        else:
+            message = f"{host}{first.text}"
+        return (
+            message,
+            f"upgrade the NVIDIA driver to >= {needed} ({best.image.name} then fits){cpu_hint}",
+        )
     top = considered[0]
     first = top.blockers[0]
     lines = [f"no {framework} {wanted} image fits"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import total_ordering
 
 _CC_RE = re.compile(r"^(\d+)\.(\d+)$")
@@ -52,13 +52,14 @@ class DriverVersion:
     """An NVIDIA driver version such as 580.95.05, compared numerically part by part."""
 
     parts: tuple[int, ...]
+    text: str = field(default="", compare=False)  # as written, zero padding and all
 
     @classmethod
     def parse(cls, text: str) -> DriverVersion:
         pieces = text.strip().split(".")
         if not pieces or not all(p.isdigit() for p in pieces):
             raise ValueError(f"driver version {text!r} is not of the form 580.95.05")
-        return cls(tuple(int(p) for p in pieces))
+        return cls(tuple(int(p) for p in pieces), text.strip())
 
     @property
     def branch(self) -> int:
@@ -70,9 +71,7 @@ class DriverVersion:
         return self.parts < other.parts
 
     def __str__(self) -> str:
-        # Keep NVIDIA's zero padding of the second and third parts (580.95.05).
-        head, *rest = self.parts
-        return ".".join([str(head), *(f"{p:02d}" for p in rest)])
+        return self.text or ".".join(str(p) for p in self.parts)
 
 
 @dataclass(frozen=True)
