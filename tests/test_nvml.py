@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pynvml
 import pytest
-from fakenvml import FakeGpu, FakeMig, FakeNvml
 
 from cudabox.nvml import apply_visibility, probe
+from fakenvml import FakeGpu, FakeMig, FakeNvml
 
 H100 = FakeGpu(uuid="GPU-aaaaaaaa-1111-2222-3333-444444444444")
 A100 = FakeGpu(
@@ -25,7 +25,11 @@ def test_healthy_host_reports_every_field() -> None:
     assert profile.driver_version == "580.95.05"
     assert profile.cuda_driver_version == "13.0"
     first, second = profile.gpus
-    assert (first.name, first.compute_capability, first.memory_total_mib) == ("NVIDIA H100 80GB HBM3", "9.0", 81559)
+    assert (first.name, first.compute_capability, first.memory_total_mib) == (
+        "NVIDIA H100 80GB HBM3",
+        "9.0",
+        81559,
+    )
     assert first.pci_device_id == "0x233010DE"
     assert first.brand == "NVIDIA"
     assert first.mig_enabled is False and first.visible
@@ -36,14 +40,31 @@ def test_healthy_host_reports_every_field() -> None:
 @pytest.mark.parametrize(
     ("code", "status", "diagnosis", "fix"),
     [
-        (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, "no-driver", "no NVIDIA driver is installed", "install the NVIDIA driver"),
-        (pynvml.NVML_ERROR_DRIVER_NOT_LOADED, "no-driver", "kernel driver is not loaded", "modprobe nvidia"),
-        (pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH, "error", "driver/library version mismatch", "reboot"),
+        (
+            pynvml.NVML_ERROR_LIBRARY_NOT_FOUND,
+            "no-driver",
+            "no NVIDIA driver is installed",
+            "install the NVIDIA driver",
+        ),
+        (
+            pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
+            "no-driver",
+            "kernel driver is not loaded",
+            "modprobe nvidia",
+        ),
+        (
+            pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH,
+            "error",
+            "driver/library version mismatch",
+            "reboot",
+        ),
         (pynvml.NVML_ERROR_NO_PERMISSION, "error", "no permission", "/dev/nvidia*"),
         (pynvml.NVML_ERROR_UNKNOWN, "error", "NVML error", "nvidia-smi"),
     ],
 )
-def test_init_failures_become_a_status_not_a_crash(code: int, status: str, diagnosis: str, fix: str) -> None:
+def test_init_failures_become_a_status_not_a_crash(
+    code: int, status: str, diagnosis: str, fix: str
+) -> None:
     profile = probe(FakeNvml([H100], init_error=code), env={})
     assert profile.status == status
     assert profile.gpus == ()
@@ -52,7 +73,10 @@ def test_init_failures_become_a_status_not_a_crash(code: int, status: str, diagn
 
 
 def test_a_lost_gpu_is_reported_and_the_others_still_read() -> None:
-    lost = FakeGpu(uuid="GPU-cccccccc", fail={"nvmlDeviceGetCudaComputeCapability": pynvml.NVML_ERROR_GPU_IS_LOST})
+    lost = FakeGpu(
+        uuid="GPU-cccccccc",
+        fail={"nvmlDeviceGetCudaComputeCapability": pynvml.NVML_ERROR_GPU_IS_LOST},
+    )
     profile = probe(FakeNvml([H100, lost, A100]), env={})
     assert [g.compute_capability for g in profile.gpus] == ["9.0", None, "8.0"]
     broken = profile.gpus[1]
@@ -67,12 +91,16 @@ def test_binding_newer_than_driver_falls_back_to_v1_cuda_query() -> None:
 
 
 def test_missing_libcuda_leaves_cuda_version_unknown() -> None:
-    lib = FakeNvml([H100], cuda=None, fail={"nvmlSystemGetCudaDriverVersion": pynvml.NVML_ERROR_NOT_SUPPORTED})
+    lib = FakeNvml(
+        [H100], cuda=None, fail={"nvmlSystemGetCudaDriverVersion": pynvml.NVML_ERROR_NOT_SUPPORTED}
+    )
     assert probe(lib, env={}).cuda_driver_version is None
 
 
 def test_function_missing_for_one_gpu_field_is_tolerated() -> None:
-    old = FakeGpu(uuid="GPU-dddddddd", fail={"nvmlDeviceGetBrand": pynvml.NVML_ERROR_FUNCTION_NOT_FOUND})
+    old = FakeGpu(
+        uuid="GPU-dddddddd", fail={"nvmlDeviceGetBrand": pynvml.NVML_ERROR_FUNCTION_NOT_FOUND}
+    )
     gpu = probe(FakeNvml([old]), env={}).gpus[0]
     assert gpu.error is None and gpu.brand is None and gpu.compute_capability == "9.0"
 
@@ -126,8 +154,12 @@ def test_cuda_visible_devices(spec: str | None, visible: list[bool]) -> None:
 
 
 def test_cuda_visible_devices_with_a_mig_uuid() -> None:
-    mig_gpu = FakeGpu(uuid="GPU-eeee", mig_mode=(1, 1), migs=[FakeMig("MIG-1111"), FakeMig("MIG-2222")])
-    profile = probe(FakeNvml([FakeGpu(uuid="GPU-aaaa"), mig_gpu]), env={"CUDA_VISIBLE_DEVICES": "MIG-2222"})
+    mig_gpu = FakeGpu(
+        uuid="GPU-eeee", mig_mode=(1, 1), migs=[FakeMig("MIG-1111"), FakeMig("MIG-2222")]
+    )
+    profile = probe(
+        FakeNvml([FakeGpu(uuid="GPU-aaaa"), mig_gpu]), env={"CUDA_VISIBLE_DEVICES": "MIG-2222"}
+    )
     plain, mig = profile.gpus
     assert not plain.visible
     assert mig.visible
@@ -150,7 +182,9 @@ def test_probe_on_this_machine_never_raises() -> None:
 def test_the_unofficial_pynvml_distribution_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.metadata
 
-    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: {"pynvml": ["pynvml"]})
+    monkeypatch.setattr(
+        importlib.metadata, "packages_distributions", lambda: {"pynvml": ["pynvml"]}
+    )
     profile = probe(env={})
     assert profile.status == "error"
     assert "not NVIDIA's nvidia-ml-py" in (profile.message or "")

@@ -52,7 +52,9 @@ EXPECTED = [
 
 
 @pytest.mark.parametrize(("fixture", "framework", "expected", "phrase"), EXPECTED)
-def test_real_gpu_hosts_get_the_right_image(fixture: str, framework: str, expected: str | None, phrase: str) -> None:
+def test_real_gpu_hosts_get_the_right_image(
+    fixture: str, framework: str, expected: str | None, phrase: str
+) -> None:
     selection = select(CATALOG, [host(fixture)], framework)
     chosen = selection.selected.name if selection.selected else None
     assert chosen == expected
@@ -62,7 +64,9 @@ def test_real_gpu_hosts_get_the_right_image(fixture: str, framework: str, expect
 
 def test_why_newer_images_lose_on_an_a100_with_a_550_driver() -> None:
     data = select(CATALOG, [host("a100")], "torch").to_json()
-    assert "the image needs CUDA >= 13.0, which needs a driver >= 580" in reasons(data, "torch-2.15-cu132")
+    assert "the image needs CUDA >= 13.0, which needs a driver >= 580" in reasons(
+        data, "torch-2.15-cu132"
+    )
     assert "not considered" in reasons(data, "torch-2.13-cpu")
 
 
@@ -84,7 +88,10 @@ def test_old_driver_message_names_the_fact_and_the_fix() -> None:
         "driver 470.182.03 supports CUDA 11.4; the torch images need CUDA >= 12.0, "
         "which needs a driver >= 525.60.13"
     )
-    assert selection.fix == "upgrade the NVIDIA driver to >= 525.60.13 (torch-2.10-cu128 then fits); or use --flavor cpu"
+    assert (
+        selection.fix
+        == "upgrade the NVIDIA driver to >= 525.60.13 (torch-2.10-cu128 then fits); or use --flavor cpu"
+    )
 
 
 def test_tegra_is_not_covered_by_desktop_sass() -> None:
@@ -108,7 +115,9 @@ def test_fleet_picks_what_fits_every_host_and_names_the_host_that_rules_out() ->
     selection = select(CATALOG, [host("h100"), host("gtx1080")], "torch")
     assert selection.selected is not None and selection.selected.name == "torch-2.7-cu126"
     data = selection.to_json()
-    assert "ws-1080: GPU 0 (NVIDIA GeForce GTX 1080, CC 6.1) has no kernels" in reasons(data, "torch-2.15-cu132")
+    assert "ws-1080: GPU 0 (NVIDIA GeForce GTX 1080, CC 6.1) has no kernels" in reasons(
+        data, "torch-2.15-cu132"
+    )
     assert data["hosts"] == ["hgx-h100", "ws-1080"]
 
 
@@ -144,7 +153,10 @@ def test_an_unreadable_gpu_blocks_cuda_images() -> None:
 
 
 def _with_forward_compat(catalog: Catalog) -> Catalog:
-    images = tuple(replace(i, forward_compat=True) if i.name == "torch-2.15-cu132" else i for i in catalog.images)
+    images = tuple(
+        replace(i, forward_compat=True) if i.name == "torch-2.15-cu132" else i
+        for i in catalog.images
+    )
     return replace(catalog, images=images)
 
 

@@ -29,12 +29,34 @@ DRIVERS = [
     ("590.44.01", "13.1"),
     ("595.58.03", "13.2"),
 ]
-CCS = ["3.7", "5.0", "5.2", "5.3", "6.0", "6.1", "7.0", "7.2", "7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "10.3", "11.0", "12.0", "12.1"]
+CCS = [
+    "3.7",
+    "5.0",
+    "5.2",
+    "5.3",
+    "6.0",
+    "6.1",
+    "7.0",
+    "7.2",
+    "7.5",
+    "8.0",
+    "8.6",
+    "8.7",
+    "8.9",
+    "9.0",
+    "10.0",
+    "10.3",
+    "11.0",
+    "12.0",
+    "12.1",
+]
 TEGRA = {"5.3", "6.2", "7.2", "8.7", "11.0", "10.1"}
 BRANDS = ["NVIDIA", "Tesla", "GeForce", "Quadro"]
 
 gpus = st.builds(
-    lambda cc, brand, visible: Gpu(index=0, name=f"GPU cc{cc}", compute_capability=cc, brand=brand, visible=visible),
+    lambda cc, brand, visible: Gpu(
+        index=0, name=f"GPU cc{cc}", compute_capability=cc, brand=brand, visible=visible
+    ),
     st.sampled_from(CCS),
     st.sampled_from(BRANDS),
     st.booleans(),
@@ -72,7 +94,9 @@ def fitting(host: HostProfile, framework: str, flavor: Flavor = "cuda") -> set[s
 
 @settings(max_examples=300, deadline=None)
 @given(hosts, st.sampled_from(["torch", "tensorflow"]))
-def test_never_selects_an_image_that_misses_a_visible_gpu(host: HostProfile, framework: str) -> None:
+def test_never_selects_an_image_that_misses_a_visible_gpu(
+    host: HostProfile, framework: str
+) -> None:
     selection = select(CATALOG, [host], framework, "cuda")
     if selection.selected is None:
         return
@@ -80,7 +104,9 @@ def test_never_selects_an_image_that_misses_a_visible_gpu(host: HostProfile, fra
     for gpu in host.visible_gpus:
         assert gpu.compute_capability is not None
         assert covered(
-            gpu.compute_capability, [str(a) for a in image.sass_archs], [str(a) for a in image.ptx_archs]
+            gpu.compute_capability,
+            [str(a) for a in image.sass_archs],
+            [str(a) for a in image.ptx_archs],
         ), (gpu, image.name)
 
 
@@ -94,7 +120,9 @@ def test_a_newer_driver_never_loses_an_image(host: HostProfile, newer: int, fram
 
 @settings(max_examples=300, deadline=None)
 @given(hosts, gpus, st.sampled_from(["torch", "tensorflow"]))
-def test_adding_a_gpu_never_adds_a_fitting_image(host: HostProfile, extra: Gpu, framework: str) -> None:
+def test_adding_a_gpu_never_adds_a_fitting_image(
+    host: HostProfile, extra: Gpu, framework: str
+) -> None:
     # (A host with no visible GPU fits no CUDA image at all; the first GPU is the exception.)
     assume(host.visible_gpus)
     bigger = replace(host, gpus=(*host.gpus, replace(extra, index=len(host.gpus))))
@@ -103,7 +131,9 @@ def test_adding_a_gpu_never_adds_a_fitting_image(host: HostProfile, extra: Gpu, 
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(hosts, min_size=1, max_size=3), st.sampled_from(["torch", "tensorflow"]))
-def test_a_fleet_fits_exactly_what_fits_every_host(fleet: list[HostProfile], framework: str) -> None:
+def test_a_fleet_fits_exactly_what_fits_every_host(
+    fleet: list[HostProfile], framework: str
+) -> None:
     together = select(CATALOG, fleet, framework, "cuda")
     alone = set.intersection(*(fitting(h, framework) for h in fleet))
     assert {v.image.name for v in together.verdicts if v.fits} == alone

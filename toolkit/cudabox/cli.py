@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != name:
                 raise
             continue
-        module.register(sub)
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(sub)
     return parser
 
 
@@ -201,7 +203,14 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" belongs to the command being launched, untouched.
+    rest: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, rest = words[:cut], words[cut + 1 :]
+    args = parser.parse_args(words)
+    args.rest = rest
     try:
         return int(args.func(args))
     except CudaboxError as exc:

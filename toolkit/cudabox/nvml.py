@@ -391,7 +391,7 @@ def _read_health(session: Nvml, index: int) -> GpuHealth:
         pci = session.optional(lib.nvmlDeviceGetPciInfo, handle)
         persistence = session.optional(lib.nvmlDeviceGetPersistenceMode, handle)
         ecc = session.optional(lib.nvmlDeviceGetEccMode, handle)
-        ecc_on = bool(ecc) and int(ecc[0]) == 1
+        ecc_on = ecc is not None and int(ecc[0]) == 1
         ecc_volatile = ecc_aggregate = None
         if ecc_on:
             uncorrected = getattr(lib, "NVML_MEMORY_ERROR_TYPE_UNCORRECTED", 1)

@@ -1,0 +1,85 @@
+"""The in-image script on this machine's Python (torch CPU build here; GPU branches on GPU hosts)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cudabox.doctor import gpu_checks
+from cudabox.doctor.container_layer import parse_result
+
+
+def to_tf32(torch: Any, x: Any) -> Any:
+    """Round float64 to TF32 (fp32 with a 10-bit mantissa), as tensor cores do with their inputs."""
+    bits = x.float().view(torch.int32)
+    rounded = (bits + 0x1000) & ~0x1FFF  # round to nearest on the 13 dropped mantissa bits
+    return rounded.view(torch.float32)
+
+
+def test_tolerances_separate_each_dtype_from_the_next_coarser_one() -> None:
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(256, gpu_checks.MATMUL_K, generator=gen, dtype=torch.float64)
+    b = torch.randn(gpu_checks.MATMUL_K, 256, generator=gen, dtype=torch.float64)
+    reference = a @ b
+    fp32 = gpu_checks.rel_error((a.float() @ b.float()).double(), reference)
+    bf16 = gpu_checks.rel_error(
+        (a.bfloat16().float() @ b.bfloat16().float()).bfloat16().double(), reference
+    )
+    tf32 = gpu_checks.rel_error((to_tf32(torch, a) @ to_tf32(torch, b)).double(), reference)
+    assert fp32 <= gpu_checks.TOLERANCE["fp32"] < tf32
+    assert tf32 <= gpu_checks.TOLERANCE["tf32"]
+    assert bf16 <= gpu_checks.TOLERANCE["bf16"]
+    # A bf16 result must not pass as fp32 or tf32: the tolerances do tell dtypes apart.
+    assert bf16 > gpu_checks.TOLERANCE["tf32"]
+    # Garbage (a flipped sign in one row) fails every tolerance.
+    broken = reference.clone()
+    broken[0] = -broken[0]
+    assert gpu_checks.rel_error(broken, reference) > max(gpu_checks.TOLERANCE.values())
+    assert math.isclose(gpu_checks.TOLERANCE["bf16"], 8 * 2**-8)
+
+
+def test_script_runs_as_a_module_and_reports_gpu_checks_as_skipped() -> None:
+    pytest.importorskip("torch")
+    done = subprocess.run(
+        [sys.executable, "-m", "cudabox.doctor.gpu_checks", "--json"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    result = parse_result(done.stdout)
+    assert result is not None
+    status = {c["id"]: c["status"] for c in result["checks"]}
+    assert status["framework.import"] == "pass"
+    assert status["framework.matmul.cpu"] == "pass"
+    import torch
+
+    if not torch.cuda.is_available():
+        assert status["framework.cuda_init"] == "skip"
+        assert result["measurements"] == []
+        cuda = next(c for c in result["checks"] if c["id"] == "framework.cuda_init")
+        assert cuda["message"].startswith("no GPU")
+    assert "framework.import" in done.stderr  # progress goes to stderr
+
+
+def test_script_is_standard_library_plus_framework_only() -> None:
+    """It is shipped into images as a file: it must not import cudabox or third-party modules."""
+    source = gpu_checks.__file__
+    assert source is not None
+    lines = Path(source).read_text().splitlines()
+    imports = [line.split()[1] for line in lines if line.startswith(("import ", "from "))]
+    assert not [m for m in imports if m.split(".")[0] not in {"__future__", "argparse", "ctypes", "json", "math",
+                                                              "platform", "sys", "time", "collections", "typing"}]  # fmt: skip
+
+
+def test_nvml_listing_without_a_driver_says_so() -> None:
+    result = gpu_checks.nvml_uuids()
+    if "error" in result:
+        assert "libnvidia-ml.so.1" in result["error"]
+    else:  # a GPU host
+        assert isinstance(result["uuids"], list)
+    json.dumps(result)

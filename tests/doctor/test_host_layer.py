@@ -1,0 +1,222 @@
+"""The host layer against fake-NVML scenarios: one per real failure, status and fix asserted."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from fake_nvml import SCENARIOS, FakeGpu, FakeNvml
+
+from cudabox import nvml
+from cudabox.doctor.host_layer import HostReadings, host_checks, read_kernel_module, read_pci_gpus
+from cudabox.doctor.model import Check
+
+
+def run(
+    lib: FakeNvml, pci: tuple[str, ...] | None = None, module: str | None = None
+) -> dict[str, Check]:
+    readings = HostReadings(nvml.health(lib), nvml.probe(lib, env={}), pci, module)
+    checks = host_checks(readings)
+    ids = [c.id for c in checks]
+    assert len(ids) == len(set(ids)), f"duplicate check ids: {ids}"
+    return {c.id: c for c in checks}
+
+
+def test_healthy_h100_passes_everything_it_can() -> None:
+    checks = run(SCENARIOS["healthy"], pci=("0000:18:00.0",), module="580.95.05")
+    assert {c.status for c in checks.values()} == {"pass"}, {
+        i: c.message for i, c in checks.items()
+    }
+    assert checks["host.pcie_link.gpu0"].message.startswith("Gen1 at idle (power saving)")
+    assert all(c.fix is None for c in checks.values())
+
+
+@pytest.mark.parametrize(
+    ("scenario", "status", "message", "fix"),
+    [
+        ("hw-slowdown", "fail", "HW slowdown", "check cooling, fans and the GPU power cables"),
+        ("hw-thermal", "fail", "HW thermal slowdown", "check airflow"),
+        ("power-brake", "fail", "HW power brake", "power supply's capacity"),
+        ("sw-thermal", "warn", "SW thermal slowdown", "improve airflow"),
+    ],
+)
+def test_clock_slowdowns(scenario: str, status: str, message: str, fix: str) -> None:
+    found = run(SCENARIOS[scenario])["host.clocks.gpu0"]
+    assert found.status == status
+    assert message in found.message
+    assert found.fix is not None and fix in found.fix
+
+
+def test_idle_and_app_clocks_are_fine() -> None:
+    lib = FakeNvml(gpus=[replace(FakeGpu(), clock_reasons=0x1 | 0x2 | 0x4)])
+    found = run(lib)["host.clocks.gpu0"]
+    assert found.status == "pass"
+    assert found.value == "idle, application clocks, SW power cap"
+
+
+def test_downtrained_link_width_fails() -> None:
+    found = run(SCENARIOS["downtrained-width"])["host.pcie_link.gpu0"]
+    assert (found.status, found.value, found.expected) == ("fail", "Gen5 x8", "Gen5 x16")
+    assert found.fix is not None and "reseat the GPU" in found.fix and "LnkSta" in found.fix
+
+
+def test_low_link_generation_while_busy_warns() -> None:
+    found = run(SCENARIOS["gen-low-under-load"])["host.pcie_link.gpu0"]
+    assert found.status == "warn"
+    assert "not idle" in found.message
+    assert found.fix is not None and "host-to-device bandwidth" in found.fix
+
+
+def test_slot_that_limits_the_link_warns() -> None:
+    found = run(SCENARIOS["slot-limited"])["host.pcie_link.gpu0"]
+    assert found.status == "warn"
+    assert "the slot limits the link to Gen4 (the GPU can do Gen5)" in found.message
+    assert found.fix is not None and "Gen5 slot" in found.fix
+
+
+def test_pending_page_retirement_fails() -> None:
+    found = run(SCENARIOS["retired-pages-pending"])["host.retired_memory.gpu0"]
+    assert (found.status, found.value, found.unit) == ("fail", 1, "pages")
+    assert found.fix is not None and "nvidia-smi -r -i 0" in found.fix
+
+
+def test_many_retired_pages_warn() -> None:
+    found = run(SCENARIOS["retired-pages-many"])["host.retired_memory.gpu0"]
+    assert (found.status, found.value) == ("warn", 12)
+    assert found.fix is not None and "dcgmi diag" in found.fix
+
+
+def test_row_remap_failure_fails_with_rma() -> None:
+    found = run(SCENARIOS["remap-failure"])["host.retired_memory.gpu0"]
+    assert (found.status, found.value) == ("fail", 8)
+    assert found.fix is not None and "replaced (RMA)" in found.fix
+
+
+def test_row_remap_pending_fails_with_reset() -> None:
+    found = run(SCENARIOS["remap-pending"])["host.retired_memory.gpu0"]
+    assert found.status == "fail"
+    assert found.fix is not None and "reset GPU 0" in found.fix
+
+
+def test_uncorrected_ecc_since_boot_fails() -> None:
+    found = run(SCENARIOS["ecc-volatile"])["host.ecc.gpu0"]
+    assert (found.status, found.value, found.expected) == ("fail", 2, 0)
+    assert found.fix is not None and "nvidia-smi -r -i 0" in found.fix and "RMA" in found.fix
+
+
+def test_uncorrected_ecc_in_the_past_warns() -> None:
+    found = run(SCENARIOS["ecc-aggregate"])["host.ecc.gpu0"]
+    assert (found.status, found.value) == ("warn", 4)
+
+
+def test_persistence_off_warns() -> None:
+    found = run(SCENARIOS["no-persistence"])["host.persistence.gpu0"]
+    assert (found.status, found.value, found.expected) == ("warn", "off", "on")
+    assert found.fix is not None and "nvidia-persistenced" in found.fix and "-pm 1" in found.fix
+
+
+def test_driver_library_mismatch_fails() -> None:
+    checks = run(SCENARIOS["mismatch"], pci=("0000:18:00.0",), module="580.95.05")
+    found = checks["host.driver_library"]
+    assert found.status == "fail"
+    assert "version mismatch" in found.message
+    assert found.fix is not None and "rmmod nvidia_uvm" in found.fix and "reboot" in found.fix
+    assert checks["host.driver_loaded"].status == "pass"
+    assert checks["host.gpus_enumerated"].status == "skip"
+
+
+def test_library_from_another_driver_fails() -> None:
+    found = run(SCENARIOS["library-skew"])["host.driver_library"]
+    assert (found.status, found.value, found.expected) == ("fail", "580.82.07", "580.95.05")
+    assert found.fix is not None and "modprobe nvidia" in found.fix
+
+
+def test_kernel_module_from_another_driver_fails() -> None:
+    found = run(SCENARIOS["healthy"], module="575.57.08")["host.driver_library"]
+    assert found.status == "fail" and "kernel module is 575.57.08" in found.message
+
+
+def test_no_driver_and_no_gpu_skips() -> None:
+    checks = run(SCENARIOS["no-driver"], pci=())
+    assert {c.status for c in checks.values()} == {"skip"}
+    assert checks["host.driver_loaded"].message.startswith("no GPU:")
+
+
+def test_no_driver_with_a_gpu_on_the_bus_fails() -> None:
+    found = run(SCENARIOS["no-driver"], pci=("0000:18:00.0",))["host.driver_loaded"]
+    assert found.status == "fail"
+    assert "1 NVIDIA GPU(s) on the PCI bus" in found.message
+    assert found.fix is not None and "install the NVIDIA driver" in found.fix
+
+
+def test_lost_gpu_fails_enumeration_and_others_are_still_checked() -> None:
+    checks = run(SCENARIOS["gpu-lost"])
+    found = checks["host.gpus_enumerated"]
+    assert (found.status, found.value, found.expected) == ("fail", 1, 2)
+    assert found.fix is not None and "Xid" in found.fix
+    assert checks["host.clocks.gpu0"].status == "pass"
+    assert "host.clocks.gpu1" not in checks
+
+
+def test_gpu_missing_from_the_driver_fails() -> None:
+    found = run(SCENARIOS["healthy"], pci=("0000:18:00.0", "0000:2a:00.0"))["host.gpus_enumerated"]
+    assert (found.status, found.value, found.expected) == ("fail", 1, 2)
+    assert found.fix is not None and "RmInitAdapter" in found.fix
+
+
+def test_mig_change_pending_warns() -> None:
+    found = run(SCENARIOS["mig-pending"])["host.mig.gpu0"]
+    assert (found.status, found.value, found.expected) == ("warn", "off", "on")
+    assert found.fix is not None and "nvidia-smi -r -i 0" in found.fix
+
+
+def test_mig_without_instances_fails() -> None:
+    found = run(SCENARIOS["mig-no-instances"])["host.mig.gpu0"]
+    assert found.status == "fail"
+    assert found.fix is not None and "-cgi" in found.fix
+
+
+def test_old_driver_api_falls_back_to_throttle_reasons() -> None:
+    checks = run(SCENARIOS["old-driver-api"])
+    assert (
+        checks["host.clocks.gpu0"].status == "fail"
+    )  # read through the older ThrottleReasons call
+    assert checks["host.pcie_link.gpu0"].status == "pass"  # no GPU-max generation: no slot verdict
+
+
+def test_pre_ampere_and_consumer_gpus_skip_what_they_lack() -> None:
+    lib = FakeNvml(gpus=[replace(FakeGpu(), ecc=(0, 0), mig=None, remapped_rows=None)])
+    lib.missing = {"nvmlDeviceGetPersistenceMode"}
+    checks = run(lib)
+    assert (
+        checks["host.ecc.gpu0"].status == "pass" and "ECC is off" in checks["host.ecc.gpu0"].message
+    )
+    assert checks["host.retired_memory.gpu0"].status == "skip"
+    assert checks["host.mig.gpu0"].status == "skip"
+    assert checks["host.persistence.gpu0"].status == "skip"
+
+
+def test_pci_bus_scan_counts_nvidia_display_functions(tmp_path: Path) -> None:
+    for name, vendor, klass in [
+        ("0000:18:00.0", "0x10de", "0x030200"),  # 3D controller: a datacenter GPU
+        ("0000:18:00.1", "0x10de", "0x040300"),  # its audio function
+        ("0000:40:00.0", "0x10de", "0x068000"),  # an NVSwitch bridge
+        ("0000:65:00.0", "0x8086", "0x030000"),  # another vendor's VGA
+    ]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "vendor").write_text(vendor + "\n")
+        (folder / "class").write_text(klass + "\n")
+    assert read_pci_gpus(tmp_path) == ("0000:18:00.0",)
+    assert read_pci_gpus(tmp_path / "absent") is None
+
+
+def test_kernel_module_version_is_read_from_proc(tmp_path: Path) -> None:
+    proc = tmp_path / "version"
+    proc.write_text(
+        "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  "
+        "(dvs-builder@U22-I3-AF03-09-1)  Tue Sep 23 09:57:48 UTC 2025\nGCC version:  gcc 12\n"
+    )
+    assert read_kernel_module(proc) == "580.95.05"
+    assert read_kernel_module(tmp_path / "absent") is None

@@ -1,0 +1,491 @@
+"""Layer 1, the host: judge NVML's health readings. Pure functions of the readings below.
+
+The readings come from `cudabox.nvml.health()`, the PCI bus (sysfs) and /proc; tests feed fake
+ones. docs/doctor.md explains each rule and where its threshold comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cudabox.doctor.model import Check, Status, check
+from cudabox.host import HostProfile
+from cudabox.nvml import LIB_RM_VERSION_MISMATCH, GpuHealth, HostHealth
+
+LAYER = "host"
+
+# nvmlClocksEventReason* bits (nvml.h; the same bits as the older ThrottleReason names).
+GPU_IDLE = 0x1
+APPLICATIONS_CLOCKS = 0x2
+SW_POWER_CAP = 0x4
+HW_SLOWDOWN = 0x8
+SYNC_BOOST = 0x10
+SW_THERMAL = 0x20
+HW_THERMAL = 0x40
+HW_POWER_BRAKE = 0x80
+DISPLAY_CLOCKS = 0x100
+
+# Reasons that mean the hardware is protecting itself: clocks are cut hard, training crawls.
+_FAILING_REASONS = {
+    HW_SLOWDOWN: (
+        "HW slowdown",
+        "the GPU asserted hardware slowdown (over temperature or a power-supply signal): check cooling, "
+        "fans and the GPU power cables; `nvidia-smi -q -d PERFORMANCE,TEMPERATURE,POWER` shows which",
+    ),
+    HW_THERMAL: (
+        "HW thermal slowdown",
+        "the GPU is too hot and the hardware cut its clocks: check airflow, fans, heatsink contact "
+        "and the inlet temperature (`nvidia-smi -q -d TEMPERATURE`)",
+    ),
+    HW_POWER_BRAKE: (
+        "HW power brake",
+        "the system asserted the external power-brake signal: check the power supply's capacity "
+        "and the GPU power cables, and the BMC log for power events",
+    ),
+}
+_WARNING_REASONS = {
+    SW_THERMAL: (
+        "SW thermal slowdown",
+        "the driver lowered clocks to stay under the GPU's temperature target: improve airflow "
+        "(`nvidia-smi -q -d TEMPERATURE` shows the target)",
+    ),
+}
+_HARMLESS_REASONS = {
+    GPU_IDLE: "idle",
+    APPLICATIONS_CLOCKS: "application clocks",
+    SW_POWER_CAP: "SW power cap",
+    SYNC_BOOST: "sync boost",
+    DISPLAY_CLOCKS: "display clocks",
+}
+
+# Retired pages (pre-Ampere): above this many, the GPU's memory is degrading. Meta's GCM health
+# checks use 10 as their default limit (docs/doctor.md cites it); a pending retirement is a fail.
+RETIRED_PAGES_WARN = 10
+
+
+@dataclass(frozen=True)
+class HostReadings:
+    """Everything the host layer judges, read at one moment."""
+
+    health: HostHealth
+    profile: HostProfile
+    pci_gpus: tuple[str, ...] | None = None  # NVIDIA display-class PCI functions; None: unreadable
+    kernel_module: str | None = None  # version from /proc/driver/nvidia/version
+
+
+def read_pci_gpus(root: Path = Path("/sys/bus/pci/devices")) -> tuple[str, ...] | None:
+    """Bus ids of NVIDIA GPUs on the PCI bus (vendor 0x10de, class 0x03xxxx), driver or not."""
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        return None
+    found = []
+    for entry in entries:
+        try:
+            vendor = (entry / "vendor").read_text().strip().lower()
+            klass = (entry / "class").read_text().strip().lower()
+        except OSError:
+            continue
+        if vendor == "0x10de" and klass.startswith("0x03"):
+            found.append(entry.name)
+    return tuple(found)
+
+
+def read_kernel_module(path: Path = Path("/proc/driver/nvidia/version")) -> str | None:
+    """The loaded kernel module's version: 'NVRM version: NVIDIA UNIX ... Kernel Module  580.95.05 ...'."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("NVRM version:"):
+            for word in line.split():
+                if word[:1].isdigit() and "." in word:
+                    return word
+    return None
+
+
+def host_checks(readings: HostReadings) -> list[Check]:
+    health = readings.health
+    checks = [_driver_loaded(readings), _driver_library(readings)]
+    if health.status != "ok":
+        checks.append(
+            check(
+                "host.gpus_enumerated",
+                LAYER,
+                "skip",
+                "no GPU can be listed without a working driver",
+            )
+        )
+        return checks
+    checks.append(_enumerated(readings))
+    for gpu in health.gpus:
+        if gpu.error is not None:
+            continue  # host.gpus_enumerated already fails for it, with its own fix
+        checks.extend(gpu_checks(gpu, readings.profile))
+    return checks
+
+
+def _driver_loaded(r: HostReadings) -> Check:
+    cid = "host.driver_loaded"
+    h = r.health
+    if h.status == "ok":
+        return check(
+            cid, LAYER, "pass", f"NVIDIA driver {h.driver_version} answers", h.driver_version
+        )
+    if h.code == LIB_RM_VERSION_MISMATCH:
+        return check(
+            cid,
+            LAYER,
+            "pass",
+            "the kernel module is loaded (NVML cannot use it: see host.driver_library)",
+            r.kernel_module,
+        )
+    if h.status == "no-driver" and not r.pci_gpus:
+        return check(
+            cid, LAYER, "skip", f"no GPU: {h.message}; no NVIDIA GPU on the PCI bus either"
+        )
+    on_bus = f"; {len(r.pci_gpus)} NVIDIA GPU(s) on the PCI bus" if r.pci_gpus else ""
+    return check(cid, LAYER, "fail", f"{h.message}{on_bus}", fix=h.fix)
+
+
+def _driver_library(r: HostReadings) -> Check:
+    cid = "host.driver_library"
+    h = r.health
+    if h.code == LIB_RM_VERSION_MISMATCH:
+        module = f" (kernel module {r.kernel_module})" if r.kernel_module else ""
+        return check(cid, LAYER, "fail", f"{h.message}{module}", r.kernel_module, fix=h.fix)
+    if h.status != "ok" or h.driver_version is None:
+        return check(cid, LAYER, "skip", "no driver to compare against")
+    driver = h.driver_version
+    # NVML's own version is "<CUDA major>.<driver version>", e.g. 12.580.95.05.
+    library = h.nvml_version.split(".", 1)[1] if h.nvml_version and "." in h.nvml_version else None
+    for name, other in (("NVML library", library), ("kernel module", r.kernel_module)):
+        if other is not None and other != driver:
+            return check(
+                cid,
+                LAYER,
+                "fail",
+                f"the {name} is {other} but the driver reports {driver}: "
+                "parts of two driver installs are in use (usually an upgrade without a reboot)",
+                other,
+                driver,
+                fix="reload the NVIDIA kernel modules (stop GPU processes, `rmmod nvidia_uvm nvidia_drm "
+                "nvidia_modeset nvidia`, `modprobe nvidia`) or reboot",
+            )
+    return check(cid, LAYER, "pass", f"library and kernel module agree on {driver}", driver, driver)
+
+
+def _enumerated(r: HostReadings) -> Check:
+    cid = "host.gpus_enumerated"
+    h = r.health
+    count = h.device_count or 0
+    readable = [g for g in h.gpus if g.error is None]
+    broken = [g for g in h.gpus if g.error is not None]
+    on_bus = len(r.pci_gpus) if r.pci_gpus else 0
+    expected = max(count, on_bus)
+    if broken:
+        first = broken[0]
+        return check(
+            cid,
+            LAYER,
+            "fail",
+            f"{len(readable)} of {count} GPUs answer; GPU {first.index}: {first.error}",
+            len(readable),
+            expected,
+            unit="GPUs",
+            fix=first.fix,
+        )
+    if on_bus > count:
+        return check(
+            cid,
+            LAYER,
+            "fail",
+            f"{on_bus} NVIDIA GPUs are on the PCI bus but the driver initialised {count}",
+            count,
+            on_bus,
+            unit="GPUs",
+            fix="`dmesg | grep -iE 'NVRM|Xid'` says why a GPU failed to initialise (RmInitAdapter failed: "
+            "power, seating or a GPU fallen off the bus); reseat it or reboot",
+        )
+    if count == 0:
+        return check(
+            cid, LAYER, "skip", "no GPU: the driver is loaded but reports no GPU", 0, 0, unit="GPUs"
+        )
+    return check(
+        cid, LAYER, "pass", f"{count} GPU(s) enumerated and readable", count, expected, unit="GPUs"
+    )
+
+
+def gpu_checks(gpu: GpuHealth, profile: HostProfile) -> list[Check]:
+    return [
+        _persistence(gpu),
+        _ecc(gpu),
+        _retired_memory(gpu),
+        _clocks(gpu),
+        _pcie_link(gpu),
+        _mig(gpu, profile),
+    ]
+
+
+def _persistence(g: GpuHealth) -> Check:
+    cid = f"host.persistence.gpu{g.index}"
+    if g.persistence_mode is None:
+        return check(cid, LAYER, "skip", "persistence mode is not reported for this GPU")
+    if g.persistence_mode:
+        return check(cid, LAYER, "pass", "persistence mode is on", "on", "on")
+    return check(
+        cid,
+        LAYER,
+        "warn",
+        "persistence mode is off: the driver tears the GPU down between jobs, so every CUDA start "
+        "pays seconds of initialisation and settings can reset",
+        "off",
+        "on",
+        fix="run the persistence daemon (`systemctl enable --now nvidia-persistenced`) or "
+        f"`sudo nvidia-smi -i {g.index} -pm 1`",
+    )
+
+
+def _ecc(g: GpuHealth) -> Check:
+    cid = f"host.ecc.gpu{g.index}"
+    if g.ecc_enabled is None:
+        return check(cid, LAYER, "skip", "this GPU has no ECC memory")
+    if not g.ecc_enabled:
+        return check(cid, LAYER, "pass", "ECC is off: memory errors go undetected", "off")
+    volatile = g.ecc_uncorrected_volatile
+    aggregate = g.ecc_uncorrected_aggregate
+    if volatile:
+        return check(
+            cid,
+            LAYER,
+            "fail",
+            f"{volatile} uncorrectable ECC error(s) since the driver loaded: the job that hit them "
+            "crashed, and the GPU may keep failing",
+            volatile,
+            0,
+            unit="errors",
+            fix=f"drain GPU {g.index}, reset it (`nvidia-smi -r -i {g.index}`) or reboot, then run "
+            "`dcgmi diag -r 3`; if errors come back, have the GPU replaced (RMA)",
+        )
+    if aggregate:
+        return check(
+            cid,
+            LAYER,
+            "warn",
+            f"{aggregate} uncorrectable ECC error(s) over the GPU's life, none since the driver loaded",
+            aggregate,
+            0,
+            unit="errors",
+            fix="watch it: if the count grows, run `dcgmi diag -r 3` and have the GPU replaced",
+        )
+    if volatile is None and aggregate is None:
+        return check(cid, LAYER, "skip", "ECC is on but the error counters are not reported")
+    return check(cid, LAYER, "pass", "ECC is on; no uncorrectable errors", 0, 0, unit="errors")
+
+
+def _retired_memory(g: GpuHealth) -> Check:
+    cid = f"host.retired_memory.gpu{g.index}"
+    reset = (
+        f"reset GPU {g.index} (`nvidia-smi -r -i {g.index}`, with no process using it) or reboot"
+    )
+    if g.remap_failure is not None:
+        rows = (g.remapped_rows_correctable or 0) + (g.remapped_rows_uncorrectable or 0)
+        if g.remap_failure:
+            return check(
+                cid,
+                LAYER,
+                "fail",
+                "row remapping failed: the GPU has no spare memory rows left for a failing row",
+                rows,
+                None,
+                unit="rows",
+                fix="take the GPU out of service, run `dcgmi diag -r 3` and have it replaced (RMA)",
+            )
+        if g.remap_pending:
+            return check(
+                cid,
+                LAYER,
+                "fail",
+                "a row remap is pending: a failing memory row stays in use until the GPU is reset",
+                rows,
+                None,
+                unit="rows",
+                fix=reset,
+            )
+        return check(
+            cid, LAYER, "pass", f"{rows} row(s) remapped, none pending", rows, None, unit="rows"
+        )
+    if g.retired_pages_pending is not None or g.retired_pages_dbe is not None:
+        pages = (g.retired_pages_sbe or 0) + (g.retired_pages_dbe or 0)
+        if g.retired_pages_pending:
+            return check(
+                cid,
+                LAYER,
+                "fail",
+                "a page retirement is pending: a failing memory page stays in use until the driver reloads",
+                pages,
+                None,
+                unit="pages",
+                fix=reset,
+            )
+        if pages >= RETIRED_PAGES_WARN:
+            return check(
+                cid,
+                LAYER,
+                "warn",
+                f"{pages} memory pages retired: the GPU's memory is degrading",
+                pages,
+                RETIRED_PAGES_WARN,
+                unit="pages",
+                fix="run `dcgmi diag -r 3`; plan to replace the GPU if the count keeps growing",
+            )
+        return check(
+            cid, LAYER, "pass", f"{pages} page(s) retired, none pending", pages, None, unit="pages"
+        )
+    return check(cid, LAYER, "skip", "no page retirement or row remapping on this GPU (no ECC)")
+
+
+def reason_names(mask: int) -> list[str]:
+    table = {
+        **{b: n for b, (n, _) in _FAILING_REASONS.items()},
+        **{b: n for b, (n, _) in _WARNING_REASONS.items()},
+    }
+    table.update(_HARMLESS_REASONS)
+    names = [name for bit, name in sorted(table.items()) if mask & bit]
+    unknown = mask & ~sum(table)
+    if unknown:
+        names.append(f"other (0x{unknown:x})")
+    return names
+
+
+def _clocks(g: GpuHealth) -> Check:
+    cid = f"host.clocks.gpu{g.index}"
+    mask = g.clock_event_reasons
+    if mask is None:
+        return check(cid, LAYER, "skip", "clock event reasons are not reported for this GPU")
+    value = ", ".join(reason_names(mask)) or "none"
+    for bits, status in ((_FAILING_REASONS, "fail"), (_WARNING_REASONS, "warn")):
+        hits = [(n, f) for b, (n, f) in bits.items() if mask & b]
+        if hits:
+            names = ", ".join(n for n, _ in hits)
+            return check(
+                cid,
+                LAYER,
+                status,  # type: ignore[arg-type]  # "fail" or "warn"
+                f"clocks are held down by {names}",
+                value,
+                "no hardware or thermal slowdown",
+                fix="; ".join(f for _, f in hits),
+            )
+    return check(cid, LAYER, "pass", f"clock reasons: {value} (none of them a slowdown)", value)
+
+
+def _pcie_link(g: GpuHealth) -> Check:
+    cid = f"host.pcie_link.gpu{g.index}"
+    gen, gen_max, width, width_max = (
+        g.pcie_gen_current,
+        g.pcie_gen_max,
+        g.pcie_width_current,
+        g.pcie_width_max,
+    )
+    if None in (gen, gen_max, width, width_max):
+        return check(
+            cid, LAYER, "skip", "the PCIe link is not reported (an SXM or virtualised GPU?)"
+        )
+    assert gen is not None and gen_max is not None and width is not None and width_max is not None
+    value = f"Gen{gen} x{width}"
+    expected = f"Gen{gen_max} x{width_max}"
+    reseat = (
+        f"check `lspci -vv -s {g.pci_bus_id or 'BUS'} | grep -E 'LnkCap|LnkSta'`; reseat the GPU, "
+        "check the riser and cables, and the slot's PCIe setting in the BIOS"
+    )
+    # Width is not a power state on NVIDIA GPUs: fewer lanes than the link can do is a fault.
+    if width < width_max:
+        return check(
+            cid,
+            LAYER,
+            "fail",
+            f"the link trained at x{width} of x{width_max}: host-to-device copies run at a fraction of their speed",
+            value,
+            expected,
+            fix=reseat,
+        )
+    gpu_max = g.pcie_gen_gpu_max
+    slot_note = ""
+    if gpu_max is not None and gen_max < gpu_max:
+        slot_note = f"; the slot limits the link to Gen{gen_max} (the GPU can do Gen{gpu_max})"
+    if gen < gen_max:
+        idle = g.clock_event_reasons is not None and bool(g.clock_event_reasons & GPU_IDLE)
+        if idle:
+            # GPUs drop the link's speed at idle to save power and raise it under load.
+            status: Status = "warn" if slot_note else "pass"
+            return check(
+                cid,
+                LAYER,
+                status,
+                f"Gen{gen} at idle (power saving), up to Gen{gen_max} under load{slot_note}",
+                value,
+                expected,
+                fix=_slot_fix(gpu_max),
+            )
+        return check(
+            cid,
+            LAYER,
+            "warn",
+            f"the link runs at Gen{gen} of Gen{gen_max} while the GPU is not idle{slot_note}; "
+            "perf.h2d_bandwidth measures it under load",
+            value,
+            expected,
+            fix=f"if host-to-device bandwidth is low too: {reseat}",
+        )
+    if slot_note:
+        return check(
+            cid, LAYER, "warn", f"{value}{slot_note}", value, expected, fix=_slot_fix(gpu_max)
+        )
+    return check(cid, LAYER, "pass", f"{value}, the most the link can do", value, expected)
+
+
+def _slot_fix(gpu_max: int | None) -> str:
+    return f"move the GPU to a Gen{gpu_max} slot, or set the slot's PCIe speed to Auto/Gen{gpu_max} in the BIOS"
+
+
+def _mig(g: GpuHealth, profile: HostProfile) -> Check:
+    cid = f"host.mig.gpu{g.index}"
+    if g.mig_current is None:
+        return check(cid, LAYER, "skip", "MIG is not supported on this GPU")
+    on = g.mig_current == 1
+    value = "on" if on else "off"
+    if g.mig_pending is not None and g.mig_pending != g.mig_current:
+        want = "on" if g.mig_pending == 1 else "off"
+        return check(
+            cid,
+            LAYER,
+            "warn",
+            f"MIG is {value} but a change to {want} is pending until the GPU resets",
+            value,
+            want,
+            fix=f"reset GPU {g.index} (`nvidia-smi -r -i {g.index}`) or reboot to apply it, or set it back",
+        )
+    if not on:
+        return check(cid, LAYER, "pass", "MIG is off: CUDA sees the whole GPU", value)
+    gpu = next((p for p in profile.gpus if p.index == g.index), None)
+    instances = len(gpu.mig_devices) if gpu is not None else 0
+    if instances == 0:
+        return check(
+            cid,
+            LAYER,
+            "fail",
+            "MIG is on but no GPU instance exists: CUDA sees no device on this GPU",
+            value,
+            fix=f"create instances (`nvidia-smi mig -i {g.index} -cgi <profiles> -C`) or turn MIG off "
+            f"(`nvidia-smi -i {g.index} -mig 0` and a reset)",
+        )
+    return check(
+        cid,
+        LAYER,
+        "pass",
+        f"MIG is on with {instances} instance(s); CUDA sees each instance as a device",
+        value,
+    )
