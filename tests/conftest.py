@@ -35,3 +35,37 @@ def docker_engine() -> Iterator[Any]:
     if leftovers:
         names = ", ".join(c.name for c in leftovers)
         pytest.fail(f"tests left containers behind: {names}")
+
+
+@pytest.fixture(scope="session")
+def catalog_image(docker_engine: Any) -> Iterator[Any]:
+    """Factory: the real catalog image NAME, built once if the engine lacks it.
+
+    Images this fixture built are removed at the end of the session; images that were there
+    before (a user's, or a nox session's) are left alone.
+    """
+    import subprocess
+    import sys
+
+    from cudabox.catalog import load_catalog
+
+    catalog = load_catalog()
+    built: list[str] = []
+
+    def get(name: str) -> str:
+        spec = catalog.get(name)
+        if not docker_engine.images.list(name=spec.tag):
+            # The host's pip settings (CA bundle, find-links) reach the build, as in the nox sessions.
+            env = {**os.environ, "CUDABOX_HOST_PIP": "1"}
+            subprocess.run(
+                [sys.executable, "-m", "cudabox", "base"], check=True, env=env, timeout=900
+            )
+            subprocess.run(
+                [sys.executable, "-m", "cudabox", "build", name], check=True, env=env, timeout=2400
+            )
+            built.append(spec.tag)
+        return str(spec.tag)
+
+    yield get
+    for tag in built:
+        docker_engine.images.remove(tag, force=True)

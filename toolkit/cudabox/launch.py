@@ -95,6 +95,9 @@ def _container_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]", help="container rlimits"
+    )
 
 
 # ---- choosing and preparing the image ---------------------------------------------------------
@@ -220,18 +223,33 @@ def has_nvidia_cdi(info: dict[str, Any]) -> bool:
     return False
 
 
+# Podman's defaults can exceed the limits its service may set, and runc then refuses to start
+# ("error setting rlimit ... operation not permitted"); these caps start on every host tried.
+_PODMAN_CAPS = {"nofile": 65536, "nproc": 16384}
+
+
 def podman_ulimits(info: dict[str, Any]) -> tuple[tuple[str, int, int], ...]:
-    """Podman's default rlimits can exceed what the caller may set; pass the caller's own."""
+    """Explicit rlimits for Podman engines: the caller's own, capped; none for Docker."""
     components = info.get("_version", {}).get("Components") or []
     if not any("podman" in str(c.get("Name", "")).lower() for c in components):
         return ()
     limits = []
     for name, which in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
-        soft, hard = resource.getrlimit(which)
-        cap = 1 << 20
-        limits.append(
-            (name, min(soft, cap) if soft >= 0 else cap, min(hard, cap) if hard >= 0 else cap)
-        )
+        soft, _hard = resource.getrlimit(which)
+        cap = _PODMAN_CAPS[name]
+        value = cap if soft == resource.RLIM_INFINITY else min(soft, cap)
+        limits.append((name, value, value))
+    return tuple(limits)
+
+
+def parse_ulimits(items: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
+    limits = []
+    for item in items:
+        name, _, values = item.partition("=")
+        soft, _, hard = values.partition(":")
+        if not name or not soft.isdigit() or not (hard or soft).isdigit():
+            raise UsageError(f"--ulimit {item!r} is not NAME=SOFT[:HARD]", "e.g. --ulimit nofile=1024:4096")
+        limits.append((name, int(soft), int(hard or soft)))
     return tuple(limits)
 
 
@@ -273,7 +291,7 @@ def container_spec(
             "cudabox.image": choice.image.name,
             **_pairs(args.label, "--label"),
         },
-        ulimits=ulimits,
+        ulimits=parse_ulimits(getattr(args, "ulimit", [])) or ulimits,
     )
 
 
@@ -302,14 +320,14 @@ def forwarded_signals(container: RunningContainer) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def run_container(engine: Engine, spec: ContainerSpec) -> int:
+def run_container(engine: Engine, spec: ContainerSpec, to_stderr: bool = False) -> int:
     """Start, stream the output, forward signals, return the exit code; always remove."""
     from cudabox.engine import start_container
 
     container = start_container(engine, spec)
     try:
         with forwarded_signals(container):
-            out = sys.stdout.buffer
+            out = sys.stderr.buffer if to_stderr else sys.stdout.buffer
             for chunk in container.stream():
                 out.write(chunk)
                 out.flush()
@@ -396,7 +414,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with engine:
         ensure_image(engine, choice.image, build_missing=not args.no_build)
-        code = run_container(engine, spec)
+        # With --json, stdout carries only the summary; the workload's progress goes to stderr.
+        code = run_container(engine, spec, to_stderr=args.json)
     _summarise(out, choice.image.name, choice.why, code, args.json)
     return code
 
@@ -414,7 +433,7 @@ def _train_here(module: str, out: Path, workload: list[str], args: argparse.Name
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", module, "--out", str(out), *workload]
     progress(f"cudabox: training here: {shlex.join(command)}")
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command, stdout=sys.stderr if args.json else None)
     try:
         code = process.wait()
     except KeyboardInterrupt:
