@@ -430,6 +430,14 @@ def _require_gpu_here(framework: str, profile: HostProfile) -> None:
 
 
 def _train_here(module: str, out: Path, workload: list[str], args: argparse.Namespace) -> int:
+    import importlib.util
+
+    package = "torch" if args.framework == "torch" else "tensorflow"
+    if importlib.util.find_spec(package) is None:
+        raise Unavailable(
+            f"{package} is not installed in this Python ({sys.executable})",
+            f"install it here, or drop --here to train in the {args.framework} image",
+        )
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", module, "--out", str(out), *workload]
     progress(f"cudabox: training here: {shlex.join(command)}")
