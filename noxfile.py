@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import nox
@@ -34,40 +33,17 @@ def _install(session: nox.Session, *extra: str) -> None:
 
 
 def _host_pip_passthrough() -> dict[str, str]:
-    """Hand the host's pip settings (CA bundle, index, find-links) to image builds.
+    """Builds take the host pip's CA bundle, index and find-links (`cudabox build --host-pip`).
 
     Behind a TLS-intercepting proxy or with a private mirror, builds need what the host's pip
-    already knows. Explicit CUDABOX_* variables win.
+    already knows. Explicit CUDABOX_CA_CERT / _INDEX_URL / _WHEELHOUSE variables still win.
     """
-    env: dict[str, str] = {}
-    try:
-        listing = subprocess.run(
-            ["pip", "config", "list"], capture_output=True, text=True, check=False, timeout=30
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return env
-    settings: dict[str, str] = {}
-    for line in listing.splitlines():
-        key, _, value = line.partition("=")
-        settings[key.split(".")[-1]] = value.strip().strip("'\"")
-    mapping = {
-        "cert": "CUDABOX_CA_CERT",
-        "index-url": "CUDABOX_INDEX_URL",
-        "find-links": "CUDABOX_WHEELHOUSE",
-    }
-    for pip_key, variable in mapping.items():
-        value = settings.get(pip_key, "")
-        if variable in os.environ or not value:
-            continue
-        if pip_key == "find-links" and not Path(value).is_dir():
-            continue  # only local wheel folders can be copied into a build context
-        env[variable] = value
-    return env
+    return {"CUDABOX_HOST_PIP": os.environ.get("CUDABOX_HOST_PIP", "1")}
 
 
 def _ensure_base(session: nox.Session) -> None:
     """Pull the catalog's base image, or bootstrap it from Debian packages where no registry answers."""
-    session.run("cudabox", "base", external=False)
+    session.run("cudabox", "base")
 
 
 def _build(session: nox.Session, *targets: str) -> None:

@@ -82,3 +82,24 @@ def test_images_lists_the_catalog() -> None:
     assert result.returncode == 0
     names = {i["name"] for i in json.loads(result.stdout)}
     assert "torch-2.15-cu132" in names and "tf-2.21-cpu" in names
+
+
+def test_every_feature_module_registers_its_commands() -> None:
+    import importlib
+
+    from cudabox.cli import FEATURE_MODULES
+
+    for name in FEATURE_MODULES:
+        assert callable(importlib.import_module(name).register), name
+
+
+def test_the_cli_loads_without_the_docker_sdk() -> None:
+    # Inside the images cudabox runs without the Docker SDK; only engine.py may import it.
+    code = (
+        "import sys; sys.modules['docker'] = None; sys.modules['requests'] = None\n"
+        "from cudabox.cli import main; raise SystemExit(main(['images']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -60,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != name:
                 raise
             continue
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(sub)
+        module.register(sub)
     return parser
 
 

@@ -1,0 +1,307 @@
+"""Real builds against the real engine: labels, user, environment, CA absence, hashes, rebuilds.
+
+One torch CPU image is built per module (with a CA bundle that carries a unique marker) and
+shared by the tests. Every image these tests make is tagged cudabox-test/* and removed at the
+end, with the build-stage layers that hold the marker.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cudabox.base import bootstrap
+from cudabox.build import BuildOptions, BuildResult, assemble_context, build_image, verify_image
+from cudabox.catalog import ImageSpec, load_catalog
+from cudabox.engine import BuildLog, Engine
+from cudabox.errors import BuildError
+from cudabox.imagefacts import spec_from_labels
+from cudabox.lock import lock_digest
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+IMAGES = Path(__file__).resolve().parents[2] / "images"
+CATALOG = load_catalog(IMAGES / "catalog.toml")
+RUN_ID = uuid.uuid4().hex[:10]
+MARKER = f"cudabox-test-ca-marker-{RUN_ID}"
+TEST_LABELS = {"cudabox.test": "1"}
+
+
+def host_ca_bundle() -> Path | None:
+    """The CA bundle this host trusts (a TLS-intercepting proxy's CA is in it where there is one)."""
+    for candidate in (
+        os.environ.get("CUDABOX_CA_CERT"),
+        ssl.get_default_verify_paths().cafile,
+        ssl.get_default_verify_paths().openssl_cafile,
+    ):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def host_wheelhouse() -> Path | None:
+    """CUDABOX_WHEELHOUSE, else the find-links folder the host's pip is configured with."""
+    if os.environ.get("CUDABOX_WHEELHOUSE"):
+        return Path(os.environ["CUDABOX_WHEELHOUSE"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
+    )
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith("find-links"):
+            folder = Path(value.strip().strip("'\"").split()[0].removeprefix("file://"))
+            if folder.is_dir():
+                return folder
+    return None
+
+
+@dataclass
+class Built:
+    spec: ImageSpec
+    options: BuildOptions
+    result: BuildResult
+
+
+@pytest.fixture(scope="module")
+def engine(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    engine = Engine(docker_engine)
+    base = CATALOG.get("torch-2.13-cpu").base_image
+    if not engine.has_image(base):
+        # No registry on CI: make the catalog's base the way `cudabox base` does (kept afterwards).
+        bootstrap(engine, base, tmp_path_factory.mktemp("base-record"))
+    return engine
+
+
+def _remove(engine: Engine, *refs: str | None) -> None:
+    for ref in refs:
+        if ref:
+            # A layer still shared with another image's layers is not ours alone to remove.
+            with contextlib.suppress(BuildError):
+                engine.remove_image(ref, force=True)
+
+
+@pytest.fixture(scope="module")
+def torch_cpu(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    folder = tmp_path_factory.mktemp("ca")
+    ca = folder / "ca.pem"
+    host = host_ca_bundle()
+    # OpenSSL skips text outside PEM blocks, so the marker rides along without changing trust.
+    ca.write_text((host.read_text() if host else "") + f"\n{MARKER}\n")
+    spec = CATALOG.get("torch-2.13-cpu")
+    options = BuildOptions(ca_cert=ca, wheelhouse=host_wheelhouse(), quiet=True)
+    result = build_image(engine, spec, options, tag=f"cudabox-test/torch-cpu:{RUN_ID}")
+    yield Built(spec, options, result)
+    _remove(engine, result.tag, result.build_stage_id)
+
+
+def _tarball_contains(engine: Engine, ref: str, needle: bytes) -> bool:
+    tail = b""
+    for chunk in engine.image_tarball(ref):
+        if needle in tail + chunk:
+            return True
+        tail = chunk[-len(needle) :]
+    return False
+
+
+def test_labels_turn_back_into_the_catalog_facts(engine: Engine, torch_cpu: Built) -> None:
+    info = engine.image(torch_cpu.result.tag)
+    assert info is not None
+    back = spec_from_labels(info.labels, torch_cpu.result.tag)
+    spec = torch_cpu.spec
+    assert (back.name, back.framework, back.framework_version, back.flavor, back.cuda) == (
+        spec.name,
+        "torch",
+        "2.13.0",
+        "cpu",
+        None,
+    )
+    assert info.labels["cudabox.lock_sha256"] == lock_digest(spec.lock)
+    assert info.labels["org.opencontainers.image.version"] == "2.13.0"
+
+
+def test_runs_as_non_root_with_the_nvidia_environment(engine: Engine, torch_cpu: Built) -> None:
+    info = engine.image(torch_cpu.result.tag)
+    assert info is not None
+    assert info.user == "1000:1000"
+    assert info.env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert info.env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    assert "NVIDIA_REQUIRE_CUDA" not in info.env, "a CPU image must not ask for a CUDA driver"
+    result = engine.run(
+        torch_cpu.result.tag,
+        ["sh", "-c", "id -u; command -v cudabox; cudabox --version"],
+        timeout=60,
+        labels=TEST_LABELS,
+    )
+    assert result.ok, result.output
+    uid, launcher, version = result.output.split("\n")[:3]
+    assert (uid, launcher) == ("1000", "/opt/venv/bin/cudabox") and version.startswith("cudabox ")
+
+
+def test_the_ca_is_in_the_build_stage_only(engine: Engine, torch_cpu: Built) -> None:
+    tag, stage = torch_cpu.result.tag, torch_cpu.result.build_stage_id
+    assert stage is not None
+    # Positive controls: the build stage had the CA, and the scan finds a known string in a layer.
+    had = engine.run(
+        stage, ["grep", "-c", MARKER, "/tmp/build/ca.pem"], timeout=60, labels=TEST_LABELS
+    )
+    assert had.ok and had.output.strip() == "1", had.output
+    assert _tarball_contains(engine, torch_cpu.spec.base_image, b"VERSION_CODENAME=bookworm")
+    # The shipped image: not in any layer (deleted files included), its history or its config.
+    assert not _tarball_contains(engine, tag, MARKER.encode())
+    history = "\n".join(engine.history(tag))
+    config = json.dumps(engine.client.api.inspect_image(tag))
+    for text in (history, config):
+        assert MARKER not in text and "ca.pem" not in text and "PIP_CERT" not in text
+
+
+def test_the_image_proves_its_contents(engine: Engine, torch_cpu: Built) -> None:
+    result = verify_image(engine, torch_cpu.spec, IMAGES, tag=torch_cpu.result.tag)
+    assert result.ok, result.problems
+    assert result.reported["framework_version"] == "2.13.0+cpu" and result.reported["cuda"] is None
+    assert set(result.units) == {"unit_cpu_op.py", "unit_gpu.py", "unit_import.py"}
+    assert result.overhead_pct is not None and result.overhead_pct < 10, result.overhead_pct
+
+
+def test_a_wrong_catalog_row_fails_the_proof(engine: Engine, torch_cpu: Built) -> None:
+    wrong = replace(torch_cpu.spec, framework_version="2.12.0")
+    result = verify_image(engine, wrong, IMAGES, tag=torch_cpu.result.tag, run_units=False)
+    assert not result.ok
+    assert any("version: image reports 2.13.0" in p for p in result.problems)
+    assert any("cudabox.framework_version" in p for p in result.problems)
+
+
+def test_editing_cudabox_rebuilds_only_the_late_layers(
+    engine: Engine, torch_cpu: Built, tmp_path: Path
+) -> None:
+    import cudabox
+
+    source = tmp_path / "cudabox"
+    shutil.copytree(
+        Path(cudabox.__file__).parent, source, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (source / "_rebuild_probe.py").write_text(f"RUN_ID = {RUN_ID!r}\n")
+    tag = f"cudabox-test/torch-cpu:{RUN_ID}-edit"
+    started = time.monotonic()
+    try:
+        again = build_image(engine, torch_cpu.spec, torch_cpu.options, tag=tag, cudabox_src=source)
+        seconds = time.monotonic() - started
+        venv = [
+            layer for layer in torch_cpu.result.layers if layer[0].startswith("COPY --from=build")
+        ]
+        assert venv and venv == [
+            layer for layer in again.layers if layer[0].startswith("COPY --from=build")
+        ]
+        assert again.build_stage_id == torch_cpu.result.build_stage_id
+        print(f"\nrebuild after a cudabox-only edit: {seconds:.1f} s")
+        assert seconds < 60, f"a cudabox-only rebuild took {seconds:.1f} s"
+        probe = engine.run(
+            tag,
+            ["python", "-c", "import cudabox._rebuild_probe as p; print(p.RUN_ID)"],
+            timeout=60,
+            labels=TEST_LABELS,
+        )
+        assert probe.ok and probe.output.strip() == RUN_ID, probe.output
+    finally:
+        _remove(engine, tag)
+
+
+def _wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel, so the hash tests need no index."""
+
+    def digest(data: bytes) -> str:
+        return (
+            "sha256="
+            + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        )
+
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"VALUE = 1\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: cudabox-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = (
+        "".join(f"{path},{digest(data)},{len(data)}\n" for path, data in files.items())
+        + f"{info}/RECORD,,\n"
+    )
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name_in_zip, data in [*files.items(), (f"{info}/RECORD", record.encode())]:
+            archive.writestr(zipfile.ZipInfo(name_in_zip, date_time=(2020, 1, 1, 0, 0, 0)), data)
+    return path
+
+
+@pytest.mark.parametrize("case", ["good", "tampered", "missing"])
+def test_the_build_installs_only_what_the_hashes_allow(
+    engine: Engine, tmp_path: Path, case: str
+) -> None:
+    house = tmp_path / "wheels"
+    house.mkdir()
+    wheel = _wheel(house, "cudabox_hash_probe", "1.0")
+    good = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    line = {
+        "good": f"--hash=sha256:{good}",
+        "tampered": f"--hash=sha256:{good[::-1]}",
+        "missing": "",
+    }[case]
+    lock = tmp_path / "lock.txt"
+    lock.write_text(
+        f"cudabox-hash-probe==1.0 {line}\n"
+        if line
+        else f"cudabox-hash-probe==1.0 --hash=sha256:{good}\n"
+    )
+    spec = replace(CATALOG.get("torch-2.13-cpu"), name="cudabox-hash-probe", lock=lock)
+    context = tmp_path / "context"
+    context.mkdir()
+    assemble_context(spec, context, BuildOptions(wheelhouse=house))
+    if case == "missing":
+        # cudabox itself refuses a hashless lock (parse_lock); prove pip does too.
+        (context / "build" / "requirements.txt").write_text("cudabox-hash-probe==1.0\n")
+    tag = f"cudabox-test/hash-probe:{RUN_ID}-{case}"
+    log = BuildLog()
+    # An index that does not exist: the wheel can come from the wheelhouse only, offline.
+    args = {"BASE_IMAGE": spec.base_image, "PIP_INDEX_URL": "file:///nonexistent-index"}
+    try:
+        if case == "good":
+            engine.build(context, tag, buildargs=args, target="build", log=log)
+            assert engine.has_image(tag)
+        else:
+            with pytest.raises(BuildError) as caught:
+                engine.build(context, tag, buildargs=args, target="build", log=log)
+            expected = "DO NOT MATCH THE HASHES" if case == "tampered" else "Hashes are required"
+            assert expected in caught.value.message, caught.value.message
+            assert "requirements.txt" in caught.value.message, "the failing step is named"
+    finally:
+        _remove(engine, tag, *(layer for _, layer in reversed(log.layers[2:])))
+
+
+def test_cudabox_base_bootstraps_a_tagged_python_image(engine: Engine, tmp_path: Path) -> None:
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed (apt-get install mmdebstrap)")
+    tag = f"cudabox-test/base-{RUN_ID}:bookworm"
+    try:
+        result = bootstrap(engine, tag, tmp_path)
+        assert result.python is not None and result.python.startswith("3.11.")
+        listing = Path(str(result.package_list)).read_text().splitlines()
+        assert any(line.startswith("python3=") for line in listing)
+        assert any(line.startswith("ca-certificates=") for line in listing)
+        info = engine.image(tag)
+        assert info is not None and info.env["PATH"].startswith("/usr/local/sbin")
+    finally:
+        _remove(engine, tag)

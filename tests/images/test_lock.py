@@ -1,0 +1,99 @@
+"""Lock files: parsing, the uv command, reproducibility of the header."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cudabox.catalog import load_catalog
+from cudabox.errors import DataError
+from cudabox.lock import compile_args, header, lock_digest, parse_lock
+
+IMAGES = Path(__file__).resolve().parents[2] / "images"
+H1 = "sha256:" + "a" * 64
+H2 = "sha256:" + "b" * 64
+
+
+def test_parse_lock_reads_pins_hashes_and_skips_comments() -> None:
+    text = f"""# header
+torch==2.13.0+cpu \\
+    --hash={H1} \\
+    --hash={H2}
+    # via -r torch.in
+Typing_Extensions==4.16.0 ; python_version >= "3.9" \\
+    --hash={H1}
+"""
+    pins = parse_lock(text)
+    assert set(pins) == {"torch", "typing-extensions"}
+    assert pins["torch"].version == "2.13.0+cpu"
+    assert pins["torch"].hashes == (H1, H2)
+    assert pins["typing-extensions"].version == "4.16.0"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("six==1.17.0\n", "no --hash"),
+        (f"six>=1.0 --hash={H1}\n", "not pinned"),
+        ("--index-url https://example.org/simple\n", "options"),
+    ],
+)
+def test_parse_lock_rejects_what_require_hashes_would_refuse(text: str, needle: str) -> None:
+    with pytest.raises(DataError, match=needle):
+        parse_lock(text)
+
+
+def test_every_catalog_lock_parses_and_pins_its_framework_numpy_and_nvml() -> None:
+    catalog = load_catalog(IMAGES / "catalog.toml")
+    for spec in catalog.images:
+        pins = parse_lock(spec.lock.read_text())
+        framework = (
+            "tensorflow-cpu"
+            if spec.name.endswith("cpu") and spec.framework == "tensorflow"
+            else spec.framework
+        )
+        assert framework in pins, spec.name
+        assert pins[framework].version.split("+")[0] == spec.framework_version, spec.name
+        assert {"numpy", "nvidia-ml-py"} <= set(pins), spec.name
+        assert f"cudabox lock {spec.name}" in spec.lock.read_text(), "the header names the command"
+
+
+def test_tf_cuda_lock_holds_the_tested_cuda_libraries() -> None:
+    spec = load_catalog(IMAGES / "catalog.toml").get("tf-2.21-cu125")
+    pins = parse_lock(spec.lock.read_text())
+    assert pins["nvidia-cuda-runtime-cu12"].version.startswith("12.5.")
+    assert pins["nvidia-cudnn-cu12"].version.startswith("9.3.")
+    nccl = tuple(int(p) for p in pins["nvidia-nccl-cu12"].version.split("."))
+    assert nccl >= (2, 27, 7)
+
+
+def test_compile_args_use_the_image_platform_and_wheelhouse_only_where_needed(
+    tmp_path: Path,
+) -> None:
+    catalog = load_catalog(IMAGES / "catalog.toml")
+    cpu = catalog.get("torch-2.13-cpu")
+    cuda = catalog.get("torch-2.15-cu132")
+    args = compile_args(cpu, tmp_path, None)
+    assert args[args.index("--python-version") + 1] == "3.11"
+    assert args[args.index("--python-platform") + 1] == "x86_64-manylinux_2_28"
+    assert "--generate-hashes" in args
+    assert args[args.index("--find-links") + 1] == str(tmp_path)
+    assert "--find-links" not in compile_args(cuda, tmp_path, None)
+    # Without a wheelhouse the +cpu image resolves from its own index.
+    assert cpu.index_url in compile_args(cpu, None, None)
+
+
+def test_header_has_no_host_path(tmp_path: Path) -> None:
+    cpu = load_catalog(IMAGES / "catalog.toml").get("torch-2.13-cpu")
+    text = header(cpu, compile_args(cpu, tmp_path, None), "torch/requirements/torch-2.13-cpu.in")
+    assert str(tmp_path) not in text
+    assert "$CUDABOX_WHEELHOUSE" in text
+
+
+def test_lock_digest_changes_with_one_byte(tmp_path: Path) -> None:
+    lock = tmp_path / "x.txt"
+    lock.write_text("a")
+    first = lock_digest(lock)
+    lock.write_text("b")
+    assert lock_digest(lock) != first and len(first) == 64

@@ -1,0 +1,203 @@
+"""What an image says about itself: its labels, and what its framework reports inside it.
+
+Labels carry the catalog facts into the image, so an image that exists only locally (or was
+pulled) can be judged without the catalog: `spec_from_labels()` turns them back into an
+ImageSpec. `compare()` is the proof of contents: what the framework reports inside the image
+against the catalog and the labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cudabox import __version__
+from cudabox.catalog import FLAVORS, FRAMEWORKS, ImageSpec
+from cudabox.errors import DataError
+from cudabox.versions import Arch, CudaVersion, DriverVersion
+
+PREFIX = "cudabox."
+OCI = "org.opencontainers.image."
+
+
+def _archs(archs: tuple[Arch, ...]) -> str:
+    return " ".join(str(a) for a in archs)
+
+
+def labels_for(spec: ImageSpec, lock_sha256: str) -> dict[str, str]:
+    """The labels cudabox puts on the image it builds from `spec`."""
+    labels = {
+        f"{OCI}title": spec.tag.rpartition(":")[0] or spec.name,
+        f"{OCI}description": f"{spec.framework} {spec.framework_version} ({spec.flavor}"
+        + (f", CUDA {spec.cuda}, cuDNN {spec.cudnn})" if spec.is_cuda else ")")
+        + " with cudabox",
+        f"{OCI}version": spec.framework_version,
+        f"{OCI}base.name": spec.base_image,
+        f"{OCI}vendor": "cudabox",
+        f"{PREFIX}image": spec.name,
+        f"{PREFIX}framework": spec.framework,
+        f"{PREFIX}framework_version": spec.framework_version,
+        f"{PREFIX}flavor": spec.flavor,
+        f"{PREFIX}python": spec.python,
+        f"{PREFIX}cuda": str(spec.cuda) if spec.cuda else "",
+        f"{PREFIX}cudnn": spec.cudnn or "",
+        f"{PREFIX}sass_archs": _archs(spec.sass_archs),
+        f"{PREFIX}ptx_archs": _archs(spec.ptx_archs),
+        f"{PREFIX}min_driver": str(spec.min_driver) if spec.min_driver else "",
+        f"{PREFIX}lock_sha256": lock_sha256,
+        f"{PREFIX}version": __version__,
+    }
+    if spec.ptx_cuda:
+        labels[f"{PREFIX}ptx_cuda"] = str(spec.ptx_cuda)
+    if spec.forward_compat:
+        labels[f"{PREFIX}forward_compat"] = "true"
+    return labels
+
+
+def spec_from_labels(labels: dict[str, str], tag: str = "") -> ImageSpec:
+    """An ImageSpec rebuilt from an image's labels (paths are empty: the image is all there is)."""
+
+    def get(key: str) -> str:
+        return labels.get(PREFIX + key, "")
+
+    missing = [k for k in ("image", "framework", "framework_version", "flavor") if not get(k)]
+    if missing:
+        raise DataError(
+            f"image {tag or '?'} has no cudabox.{missing[0]} label: not built by cudabox build"
+        )
+    if get("framework") not in FRAMEWORKS or get("flavor") not in FLAVORS:
+        raise DataError(f"image {tag or '?'}: labels name an unknown framework or flavour")
+    try:
+        return ImageSpec(
+            name=get("image"),
+            framework=get("framework"),
+            framework_version=get("framework_version"),
+            flavor=get("flavor"),
+            python=get("python"),
+            base_image=labels.get(f"{OCI}base.name", ""),
+            dockerfile=Path(),
+            requirements=Path(),
+            lock=Path(),
+            source=f"labels of {tag}" if tag else "image labels",
+            cuda=CudaVersion.parse(get("cuda")) if get("cuda") else None,
+            cudnn=get("cudnn") or None,
+            sass_archs=tuple(Arch.parse(a) for a in get("sass_archs").split()),
+            ptx_archs=tuple(Arch.parse(a) for a in get("ptx_archs").split()),
+            min_driver=DriverVersion.parse(get("min_driver")) if get("min_driver") else None,
+            ptx_cuda=CudaVersion.parse(get("ptx_cuda")) if get("ptx_cuda") else None,
+            forward_compat=get("forward_compat") == "true",
+            tag=tag or f"cudabox/{get('image')}:latest",
+        )
+    except ValueError as exc:
+        raise DataError(f"image {tag or '?'}: a cudabox label is malformed: {exc}") from None
+
+
+def cudnn_text(value: Any) -> str | None:
+    """cuDNN as MAJOR.MINOR: torch reports 92600 (9.26.0) or 8902 (8.9.2); TF reports '9'."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, int) or str(value).isdigit():
+        number = int(value)
+        if number >= 90000:  # cuDNN 9 encodes major*10000 + minor*100 + patch
+            return f"{number // 10000}.{(number % 10000) // 100}"
+        if number >= 1000:  # cuDNN 7/8: major*1000 + minor*100 + patch
+            return f"{number // 1000}.{(number % 1000) // 100}"
+        return str(number)
+    parts = str(value).split(".")
+    return ".".join(parts[:2])
+
+
+def split_archs(arch_list: list[str]) -> tuple[tuple[Arch, ...], tuple[Arch, ...]]:
+    """['sm_80', 'sm_90', 'compute_90'] -> SASS (8.0, 9.0), PTX (9.0)."""
+    sass = tuple(Arch.parse(a) for a in arch_list if a.startswith("sm_"))
+    ptx = tuple(Arch.parse(a) for a in arch_list if a.startswith("compute_"))
+    return sass, ptx
+
+
+@dataclass(frozen=True)
+class Reported:
+    """The facts the framework reported inside the image, normalised for comparison."""
+
+    framework_version: str  # without a local part (+cu132)
+    local: str  # the local part ('cu132', 'cpu', '')
+    cuda: CudaVersion | None
+    cudnn: str | None  # MAJOR.MINOR where known, else MAJOR
+    sass_archs: tuple[Arch, ...]
+    ptx_archs: tuple[Arch, ...]
+    uid: int | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Reported:
+        version, _, local = str(data.get("framework_version", "")).partition("+")
+        cuda = data.get("cuda")
+        sass, ptx = split_archs(list(data.get("arch_list") or []))
+        cudnn = cudnn_text(data.get("cudnn"))
+        if cudnn is not None and "." not in cudnn:
+            # TF reports only cuDNN's major; the pip-installed library it loads says the minor.
+            for name, installed in (data.get("packages") or {}).items():
+                text = cudnn_text(installed) if name.startswith("nvidia-cudnn-cu") else None
+                if text and text.split(".")[0] == cudnn:
+                    cudnn = text
+        uid = data.get("uid")
+        return cls(
+            framework_version=version,
+            local=local,
+            cuda=CudaVersion.parse(str(cuda)) if cuda else None,
+            cudnn=cudnn,
+            sass_archs=sass,
+            ptx_archs=ptx,
+            uid=int(uid) if uid is not None else None,
+        )
+
+
+def _same_archs(a: tuple[Arch, ...], b: tuple[Arch, ...]) -> bool:
+    return sorted(map(str, a)) == sorted(map(str, b))
+
+
+def compare(spec: ImageSpec, reported: Reported) -> list[str]:
+    """Every way the image's own report disagrees with `spec` (catalog or labels); [] when none."""
+    problems = []
+    if reported.framework_version != spec.framework_version:
+        problems.append(
+            f"{spec.framework} version: image reports {reported.framework_version}, expected {spec.framework_version}"
+        )
+    if spec.is_cuda:
+        if reported.cuda != spec.cuda:
+            problems.append(
+                f"CUDA: image reports {reported.cuda or 'none (a CPU build)'}, expected {spec.cuda}"
+            )
+        if spec.cudnn and reported.cudnn != spec.cudnn:
+            problems.append(
+                f"cuDNN: image reports {reported.cudnn or 'none'}, expected {spec.cudnn}"
+            )
+        if not _same_archs(reported.sass_archs, spec.sass_archs):
+            problems.append(
+                f"SASS archs: image reports [{_archs(reported.sass_archs)}], expected [{_archs(spec.sass_archs)}]"
+            )
+        if not _same_archs(reported.ptx_archs, spec.ptx_archs):
+            problems.append(
+                f"PTX archs: image reports [{_archs(reported.ptx_archs)}], expected [{_archs(spec.ptx_archs)}]"
+            )
+    elif reported.cuda is not None:
+        problems.append(
+            f"flavour: a cpu image, but its {spec.framework} is a CUDA {reported.cuda} build"
+        )
+    if reported.uid == 0:
+        problems.append("user: the image runs as root")
+    return problems
+
+
+def compare_labels(spec: ImageSpec, labels: dict[str, str], lock_sha256: str) -> list[str]:
+    """Labels that disagree with what cudabox would label `spec` with today."""
+    problems = []
+    expected = labels_for(spec, lock_sha256)
+    for key, value in expected.items():
+        if key in (f"{PREFIX}version", f"{OCI}description", f"{OCI}title"):
+            continue  # descriptive, not facts
+        if labels.get(key, "") != value:
+            what = "was built from another lock (rebuild it)" if key.endswith("lock_sha256") else ""
+            problems.append(
+                f"label {key}={labels.get(key, '')!r}, expected {value!r} {what}".rstrip()
+            )
+    return problems

@@ -1,0 +1,209 @@
+"""`cudabox lock`: regenerate each catalog image's hash-locked requirements from its .in file.
+
+The lock is the only place a version changes. It is made for the image's platform and Python
+(not the host's) by `uv pip compile --generate-hashes`, and is reproducible: same inputs, same
+file (the header holds no date and no host path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cudabox.catalog import Catalog, ImageSpec, load_catalog
+from cudabox.errors import DataError, ExitCode, Unavailable, UsageError
+from cudabox.output import print_json, progress, table
+
+PLATFORM = "x86_64-manylinux_2_28"
+WHEELHOUSE_ENV = "CUDABOX_WHEELHOUSE"
+INDEX_ENV = "CUDABOX_INDEX_URL"
+_PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+_HASH_RE = re.compile(r"--hash=(sha256:[0-9a-f]{64})")
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str  # normalised (PEP 503)
+    version: str
+    hashes: tuple[str, ...]
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_lock(text: str) -> dict[str, Pin]:
+    """The pins of a hash-locked requirements file, by normalised name.
+
+    Raises DataError when an entry is not pinned with == or carries no hash, since
+    `pip install --require-hashes` would refuse such a file anyway.
+    """
+    pins: dict[str, Pin] = {}
+    # Join continuation lines, drop comments.
+    logical = re.sub(r"\\\n", " ", text)
+    for number, raw in enumerate(logical.splitlines(), start=1):
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("-"):
+            raise DataError(
+                f"lock line {number}: options ({line.split()[0]}) do not belong in a lock"
+            )
+        match = _PIN_RE.match(line)
+        if not match:
+            raise DataError(f"lock line {number}: {line[:60]!r} is not pinned with ==")
+        hashes = tuple(_HASH_RE.findall(line))
+        if not hashes:
+            raise DataError(f"lock line {number}: {match[1]}=={match[2]} has no --hash")
+        name = normalise(match[1])
+        pins[name] = Pin(name=name, version=match[2], hashes=hashes)
+    return pins
+
+
+def lock_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def find_uv() -> str:
+    uv = shutil.which("uv")
+    if uv is None:
+        raise Unavailable(
+            "uv is not installed (cudabox lock runs `uv pip compile`)", "pip install uv"
+        )
+    return uv
+
+
+def compile_args(spec: ImageSpec, wheelhouse: Path | None, index_url: str | None) -> list[str]:
+    """The `uv pip compile` arguments for an image (without the uv binary and the .in path).
+
+    Only images whose wheels live off PyPI (catalog `index_url`, e.g. torch +cpu) resolve from the
+    wheelhouse or that index, so the other locks do not depend on what this host has on disk.
+    """
+    args = [
+        "pip",
+        "compile",
+        "--python-version",
+        spec.python,
+        "--python-platform",
+        PLATFORM,
+        "--generate-hashes",
+    ]
+    if index_url:
+        args += ["--index-url", index_url]
+    if spec.index_url:
+        if wheelhouse is not None:
+            args += ["--find-links", str(wheelhouse)]
+        else:
+            # The framework's own index on top of PyPI; pick the best match across both.
+            args += ["--extra-index-url", spec.index_url, "--index-strategy", "unsafe-best-match"]
+    return args
+
+
+def header(spec: ImageSpec, args: list[str], relative_in: str) -> str:
+    """The lock's header: the command that made it, with no host path in it."""
+    shown = list(args)
+    if "--find-links" in shown:
+        shown[shown.index("--find-links") + 1] = f"${WHEELHOUSE_ENV}"
+    return (
+        f"# Hash-locked requirements of the cudabox image {spec.name}. Do not edit: regenerate with\n"
+        f"#    cudabox lock {spec.name}\n"
+        f"# which runs\n"
+        f"#    uv {' '.join(shown)} {relative_in}\n"
+    )
+
+
+def lock_image(spec: ImageSpec, root: Path, wheelhouse: Path | None, index_url: str | None) -> str:
+    """Compile the lock text for one image."""
+    if not spec.requirements.is_file():
+        raise UsageError(f"{spec.name}: requirements file {spec.requirements} does not exist")
+    if wheelhouse is not None and not wheelhouse.is_dir():
+        raise UsageError(f"wheelhouse {wheelhouse} is not a folder")
+    args = compile_args(spec, wheelhouse, index_url)
+    relative_in = spec.requirements.relative_to(root).as_posix()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UV_")}
+    # Relative paths, run from images/, so the "# via -r ..." notes do not depend on the checkout.
+    command = [find_uv(), *args, "--no-header", "--quiet", relative_in]
+    proc = subprocess.run(command, cwd=root, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        fix = "check the .in file and that the index answers"
+        if spec.index_url and wheelhouse is None:
+            fix = f"its wheels live on {spec.index_url}; where that is unreachable, pass --find-links DIR (or {WHEELHOUSE_ENV}) holding them"
+        raise DataError(f"{spec.name}: uv pip compile failed:\n{proc.stderr.strip()}", fix)
+    text = header(spec, args, relative_in) + proc.stdout
+    parse_lock(text)  # a lock cudabox cannot read back is a bug: fail here, not in the build
+    return text
+
+
+def resolve_targets(catalog: Catalog, targets: list[str]) -> list[ImageSpec]:
+    if not targets or targets == ["all"]:
+        return list(catalog.images)
+    return [catalog.get(name) for name in targets]
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    catalog = load_catalog()
+    wheelhouse_text = args.find_links or os.environ.get(WHEELHOUSE_ENV)
+    wheelhouse = Path(wheelhouse_text).resolve() if wheelhouse_text else None
+    index_url = args.index_url or os.environ.get(INDEX_ENV) or None
+    rows = []
+    for spec in resolve_targets(catalog, args.targets):
+        progress(f"lock {spec.name}: {spec.requirements.relative_to(catalog.root)}")
+        text = lock_image(spec, catalog.root, wheelhouse, index_url)
+        old = spec.lock.read_text() if spec.lock.is_file() else None
+        spec.lock.parent.mkdir(parents=True, exist_ok=True)
+        if old != text:
+            spec.lock.write_text(text)
+        pins = parse_lock(text)
+        rows.append(
+            {
+                "name": spec.name,
+                "lock": str(spec.lock.relative_to(catalog.root)),
+                "packages": len(pins),
+                "changed": old != text,
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            }
+        )
+    if args.json:
+        print_json(rows)
+    else:
+        print(
+            table(
+                ["image", "lock", "packages", "changed", "sha256"],
+                [
+                    [
+                        r["name"],
+                        r["lock"],
+                        r["packages"],
+                        "yes" if r["changed"] else "no",
+                        str(r["sha256"])[:12],
+                    ]
+                    for r in rows
+                ],
+            )
+        )
+    return ExitCode.OK
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "lock", help="regenerate the hash-locked requirements of catalog images"
+    )
+    parser.add_argument(
+        "targets", nargs="*", metavar="TARGET", help="catalog image names (default: all)"
+    )
+    parser.add_argument(
+        "--find-links",
+        metavar="DIR",
+        help=f"a wheelhouse folder to resolve from as well (default: ${WHEELHOUSE_ENV})",
+    )
+    parser.add_argument(
+        "--index-url", metavar="URL", help=f"a PyPI mirror to resolve from (default: ${INDEX_ENV})"
+    )
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=cmd_lock)
