@@ -96,7 +96,11 @@ def _container_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
-        "--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]", help="container rlimits"
+        "--ulimit",
+        action="append",
+        default=[],
+        metavar="NAME=SOFT[:HARD]",
+        help="container rlimits",
     )
 
 
@@ -248,7 +252,9 @@ def parse_ulimits(items: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
         name, _, values = item.partition("=")
         soft, _, hard = values.partition(":")
         if not name or not soft.isdigit() or not (hard or soft).isdigit():
-            raise UsageError(f"--ulimit {item!r} is not NAME=SOFT[:HARD]", "e.g. --ulimit nofile=1024:4096")
+            raise UsageError(
+                f"--ulimit {item!r} is not NAME=SOFT[:HARD]", "e.g. --ulimit nofile=1024:4096"
+            )
         limits.append((name, int(soft), int(hard or soft)))
     return tuple(limits)
 
