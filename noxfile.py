@@ -20,6 +20,8 @@ ROOT = Path(__file__).parent
 # The framework used by the tests that train in-process (`--here`). The CPU build keeps it small;
 # pip takes it from the configured index or find-links.
 TEST_TORCH = os.environ.get("CUDABOX_TEST_TORCH", "torch==2.13.0")
+# TensorFlow for the workload tests that run in-process (the same release as the tf images).
+TEST_TF = os.environ.get("CUDABOX_TEST_TF", "tensorflow-cpu==2.21.0")
 
 FRAMEWORKS = {"torch": "torch", "tf": "tensorflow"}
 FLAVORS = {"gpu": "cuda", "cpu": "cpu"}
@@ -160,7 +162,7 @@ def doctor(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite. Docker tests run against the real engine (CI forbids skipping them)."""
-    _install(session, "dev", TEST_TORCH)
+    _install(session, "dev", TEST_TORCH, TEST_TF)
     env = {**_host_pip_passthrough(), "PYTHONUNBUFFERED": "1"}
     session.run("pytest", *session.posargs, env=env)
 

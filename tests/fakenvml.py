@@ -1,174 +1,257 @@
-"""A fake of the nvidia-ml-py module for failure-path tests.
+"""A fake of the nvidia-ml-py module (`pynvml`) for failure-path tests of the probe and doctor.
 
 It raises the binding's real error classes (`pynvml.NVMLError(code)` picks the subclass), so the
-code under test sees exactly what a real driver would make it see. Only the functions the probe
-and doctor use are provided; a scenario is a list of FakeGpu plus module-level failures.
+code under test sees exactly what a real driver would make it see. A GPU is a FakeGpu; SCENARIOS
+holds one named host per failure that real hosts have shown.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
 import pynvml
 
-NVMLError = pynvml.NVMLError
+MIB = 1024 * 1024
 
 
 def err(code: int) -> pynvml.NVMLError:
     return pynvml.NVMLError(code)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FakeMig:
     uuid: str
     name: str = "NVIDIA H100 80GB HBM3 MIG 3g.40gb"
     memory_mib: int = 40448
 
 
-@dataclass
+@dataclass(frozen=True)
 class FakeGpu:
+    uuid: str = "GPU-11111111-2222-3333-4444-555555555555"
     name: str = "NVIDIA H100 80GB HBM3"
-    uuid: str = "GPU-00000000-0000-0000-0000-000000000000"
     cc: tuple[int, int] = (9, 0)
     memory_mib: int = 81559
     pci_device_id: int = 0x233010DE
     bus_id: str = "00000000:18:00.0"
     brand: int = pynvml.NVML_BRAND_NVIDIA
-    mig_mode: tuple[int, int] | None = None  # None: MIG not supported
-    migs: list[FakeMig | None] = field(default_factory=list)  # None: an empty slot
-    fail: dict[str, int] = field(default_factory=dict)  # function name -> NVML error code
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form values for other queries
+    mig: tuple[int, int] | None = (0, 0)  # (current, pending); None: MIG not supported
+    migs: tuple[FakeMig | None, ...] = ()  # MIG instances by slot; None: an empty slot
+    persistence: int = 1
+    ecc: tuple[int, int] = (1, 1)
+    ecc_volatile: int = 0
+    ecc_aggregate: int = 0
+    remapped_rows: tuple[int, int, int, int] | None = (0, 0, 0, 0)  # None: pre-Ampere GPU
+    retired_sbe: tuple[int, ...] = ()
+    retired_dbe: tuple[int, ...] = ()
+    retired_pending: int = 0
+    clock_reasons: int = 0x1  # idle
+    pcie_gen: tuple[int, int, int] = (1, 5, 5)  # current, max of link, max of GPU
+    pcie_width: tuple[int, int] = (16, 16)
+    lost: bool = False  # every query raises GPU_IS_LOST
+    fail: Mapping[str, int] = field(default_factory=dict)  # function name -> NVML error code
 
 
+@dataclass
 class FakeNvml:
-    """Module-like object: attribute access mirrors `pynvml`."""
+    """Module-like: attribute access gives the NVML functions cudabox calls."""
+
+    gpus: list[FakeGpu] = field(default_factory=lambda: [FakeGpu()])
+    driver: str | bytes = "580.95.05"
+    nvml_version: str = "13.580.95.05"
+    cuda: int | None = 13000  # None: libcuda missing
+    init_error: int | None = None
+    missing: set[str] = field(default_factory=set)  # functions the "driver" lacks
+    fail: dict[str, int] = field(default_factory=dict)  # library-wide failures
+    shutdowns: int = 0
 
     NVMLError = pynvml.NVMLError
 
-    def __init__(
-        self,
-        gpus: list[FakeGpu] | None = None,
-        driver: str | bytes = "580.95.05",
-        cuda: int | None = 13000,
-        init_error: int | None = None,
-        fail: dict[str, int] | None = None,
-        has_v2: bool = True,
-    ) -> None:
-        self.gpus = gpus or []
-        self.driver = driver
-        self.cuda = cuda
-        self.init_error = init_error
-        self.fail = fail or {}
-        self.initialised = False
-        self.shutdowns = 0
-        if not has_v2:
-            self.fail["nvmlSystemGetCudaDriverVersion_v2"] = pynvml.NVML_ERROR_FUNCTION_NOT_FOUND
-        for name in dir(pynvml):
-            if name.startswith("NVML_") and not hasattr(self, name):
-                setattr(self, name, getattr(pynvml, name))
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("nvml") and name in object.__getattribute__(self, "missing"):
 
-    # library-wide
-    def _check(self, fn: str, gpu: FakeGpu | None = None) -> None:
-        if not self.initialised:
-            raise err(pynvml.NVML_ERROR_UNINITIALIZED)
-        code = self.fail.get(fn) or (gpu.fail.get(fn) if gpu else None)
-        if code:
-            raise err(code)
+            def absent(*_: Any) -> Any:
+                raise err(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
 
+            return absent
+        if name.startswith("NVML_") and not name.startswith("NVMLError"):
+            return getattr(pynvml, name)
+        return object.__getattribute__(self, name)
+
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *(n for n in dir(pynvml) if n.startswith("NVML_"))]
+
+    def _system(self, fn: str) -> None:
+        if fn in self.fail:
+            raise err(self.fail[fn])
+
+    def _gpu(self, handle: Any, fn: str) -> FakeGpu:
+        gpu: FakeGpu = handle.gpu
+        if gpu.lost:
+            raise err(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if fn in gpu.fail:
+            raise err(gpu.fail[fn])
+        return gpu
+
+    # -- system --
     def nvmlInit(self) -> None:
         if self.init_error is not None:
             raise err(self.init_error)
-        self.initialised = True
 
     def nvmlShutdown(self) -> None:
         self.shutdowns += 1
-        self.initialised = False
 
     def nvmlSystemGetDriverVersion(self) -> str | bytes:
-        self._check("nvmlSystemGetDriverVersion")
+        self._system("nvmlSystemGetDriverVersion")
         return self.driver
 
     def nvmlSystemGetNVMLVersion(self) -> str:
-        self._check("nvmlSystemGetNVMLVersion")
-        return "13." + (self.driver.decode() if isinstance(self.driver, bytes) else self.driver)
+        return self.nvml_version
 
     def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
-        self._check("nvmlSystemGetCudaDriverVersion_v2")
         if self.cuda is None:
             raise err(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
         return self.cuda
 
     def nvmlSystemGetCudaDriverVersion(self) -> int:
-        self._check("nvmlSystemGetCudaDriverVersion")
+        self._system("nvmlSystemGetCudaDriverVersion")
         return self.cuda or 0
 
     def nvmlDeviceGetCount(self) -> int:
-        self._check("nvmlDeviceGetCount")
         return len(self.gpus)
 
+    # -- devices: a handle holds the FakeGpu, and the FakeMig for a MIG instance --
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:
-        gpu = self.gpus[index]
-        self._check("nvmlDeviceGetHandleByIndex", gpu)
-        return SimpleNamespace(gpu=gpu, mig=None)
+        handle = SimpleNamespace(gpu=self.gpus[index], mig=None)
+        self._gpu(handle, "nvmlDeviceGetHandleByIndex")
+        return handle
 
-    # per device (a handle is a namespace holding the FakeGpu, or a FakeMig)
-    def _gpu(self, handle: Any, fn: str) -> FakeGpu:
-        gpu: FakeGpu = handle.gpu
-        self._check(fn, gpu)
-        return gpu
+    def nvmlDeviceGetUUID(self, h: Any) -> str:
+        gpu = self._gpu(h, "nvmlDeviceGetUUID")
+        return h.mig.uuid if h.mig else gpu.uuid
 
-    def nvmlDeviceGetName(self, handle: Any) -> str:
-        gpu = self._gpu(handle, "nvmlDeviceGetName")
-        return handle.mig.name if handle.mig else gpu.name
+    def nvmlDeviceGetName(self, h: Any) -> str:
+        gpu = self._gpu(h, "nvmlDeviceGetName")
+        return h.mig.name if h.mig else gpu.name
 
-    def nvmlDeviceGetUUID(self, handle: Any) -> str:
-        gpu = self._gpu(handle, "nvmlDeviceGetUUID")
-        return handle.mig.uuid if handle.mig else gpu.uuid
+    def nvmlDeviceGetCudaComputeCapability(self, h: Any) -> tuple[int, int]:
+        return self._gpu(h, "nvmlDeviceGetCudaComputeCapability").cc
 
-    def nvmlDeviceGetCudaComputeCapability(self, handle: Any) -> tuple[int, int]:
-        return self._gpu(handle, "nvmlDeviceGetCudaComputeCapability").cc
+    def nvmlDeviceGetMemoryInfo(self, h: Any) -> Any:
+        gpu = self._gpu(h, "nvmlDeviceGetMemoryInfo")
+        mib = h.mig.memory_mib if h.mig else gpu.memory_mib
+        return SimpleNamespace(total=mib * MIB, used=0, free=mib * MIB)
 
-    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any:
-        gpu = self._gpu(handle, "nvmlDeviceGetMemoryInfo")
-        mib = handle.mig.memory_mib if handle.mig else gpu.memory_mib
-        return SimpleNamespace(total=mib * 1024 * 1024, used=0, free=mib * 1024 * 1024)
-
-    def nvmlDeviceGetPciInfo(self, handle: Any) -> Any:
-        gpu = self._gpu(handle, "nvmlDeviceGetPciInfo")
+    def nvmlDeviceGetPciInfo(self, h: Any) -> Any:
+        gpu = self._gpu(h, "nvmlDeviceGetPciInfo")
         return SimpleNamespace(pciDeviceId=gpu.pci_device_id, busId=gpu.bus_id)
 
-    def nvmlDeviceGetBrand(self, handle: Any) -> int:
-        return self._gpu(handle, "nvmlDeviceGetBrand").brand
+    def nvmlDeviceGetBrand(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetBrand").brand
 
-    def nvmlDeviceGetMigMode(self, handle: Any) -> list[int]:
-        gpu = self._gpu(handle, "nvmlDeviceGetMigMode")
-        if gpu.mig_mode is None:
+    def nvmlDeviceGetMigMode(self, h: Any) -> list[int]:
+        gpu = self._gpu(h, "nvmlDeviceGetMigMode")
+        if gpu.mig is None:
             raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return list(gpu.mig_mode)
+        return list(gpu.mig)
 
-    def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any) -> int:
-        gpu = self._gpu(handle, "nvmlDeviceGetMaxMigDeviceCount")
-        return len(gpu.migs)
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: Any) -> int:
+        return len(self._gpu(h, "nvmlDeviceGetMaxMigDeviceCount").migs)
 
-    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, slot: int) -> Any:
-        gpu = self._gpu(handle, "nvmlDeviceGetMigDeviceHandleByIndex")
-        mig = gpu.migs[slot]
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: Any, slot: int) -> Any:
+        mig = self._gpu(h, "nvmlDeviceGetMigDeviceHandleByIndex").migs[slot]
         if mig is None:
             raise err(pynvml.NVML_ERROR_NOT_FOUND)
-        return SimpleNamespace(gpu=gpu, mig=mig)
+        return SimpleNamespace(gpu=h.gpu, mig=mig)
 
-    def __getattr__(self, name: str) -> Any:
-        # Per-GPU free-form values: nvmlDeviceGetX(handle) returns gpu.extra["nvmlDeviceGetX"].
-        if name.startswith("nvmlDevice"):
+    def nvmlDeviceGetPersistenceMode(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetPersistenceMode").persistence
 
-            def query(handle: Any, *args: Any) -> Any:
-                gpu = self._gpu(handle, name)
-                if name not in gpu.extra:
-                    raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
-                value = gpu.extra[name]
-                return value(*args) if callable(value) else value
+    def nvmlDeviceGetEccMode(self, h: Any) -> list[int]:
+        return list(self._gpu(h, "nvmlDeviceGetEccMode").ecc)
 
-            return query
-        raise AttributeError(name)
+    def nvmlDeviceGetTotalEccErrors(self, h: Any, error_type: int, counter: int) -> int:
+        assert error_type == 1, "the doctor reads uncorrected errors only"
+        gpu = self._gpu(h, "nvmlDeviceGetTotalEccErrors")
+        return gpu.ecc_volatile if counter == 0 else gpu.ecc_aggregate
+
+    def nvmlDeviceGetRemappedRows(self, h: Any) -> tuple[int, int, int, int]:
+        gpu = self._gpu(h, "nvmlDeviceGetRemappedRows")
+        if gpu.remapped_rows is None:
+            raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return gpu.remapped_rows
+
+    def nvmlDeviceGetRetiredPages(self, h: Any, cause: int) -> list[int]:
+        gpu = self._gpu(h, "nvmlDeviceGetRetiredPages")
+        return list(gpu.retired_sbe if cause == 0 else gpu.retired_dbe)
+
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetRetiredPagesPendingStatus").retired_pending
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetCurrentClocksEventReasons").clock_reasons
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetCurrentClocksThrottleReasons").clock_reasons
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetCurrPcieLinkGeneration").pcie_gen[0]
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetMaxPcieLinkGeneration").pcie_gen[1]
+
+    def nvmlDeviceGetGpuMaxPcieLinkGeneration(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetGpuMaxPcieLinkGeneration").pcie_gen[2]
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetCurrPcieLinkWidth").pcie_width[0]
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetMaxPcieLinkWidth").pcie_width[1]
+
+
+def healthy(**gpu: Any) -> FakeNvml:
+    return FakeNvml(gpus=[replace(FakeGpu(), **gpu)])
+
+
+# One scenario per real failure; the tests assert each one's status and fix.
+SCENARIOS: dict[str, FakeNvml] = {
+    "healthy": healthy(),
+    "hw-slowdown": healthy(clock_reasons=0x8),
+    "hw-thermal": healthy(clock_reasons=0x40 | 0x20),
+    "power-brake": healthy(clock_reasons=0x80),
+    "sw-thermal": healthy(clock_reasons=0x20),
+    "downtrained-width": healthy(pcie_gen=(5, 5, 5), pcie_width=(8, 16)),
+    "gen-low-under-load": healthy(clock_reasons=0x0, pcie_gen=(3, 5, 5)),
+    "slot-limited": healthy(pcie_gen=(4, 4, 5)),
+    "retired-pages-pending": healthy(
+        name="Tesla V100-SXM2-32GB",
+        cc=(7, 0),
+        remapped_rows=None,
+        retired_dbe=(0x1000,),
+        retired_pending=1,
+    ),
+    "retired-pages-many": healthy(
+        name="Tesla V100-SXM2-32GB", cc=(7, 0), remapped_rows=None, retired_sbe=tuple(range(12))
+    ),
+    "remap-failure": healthy(remapped_rows=(3, 5, 0, 1)),
+    "remap-pending": healthy(remapped_rows=(0, 1, 1, 0)),
+    "ecc-volatile": healthy(ecc_volatile=2, ecc_aggregate=2),
+    "ecc-aggregate": healthy(ecc_aggregate=4),
+    "no-persistence": healthy(persistence=0),
+    "mig-pending": healthy(mig=(0, 1)),
+    "mig-no-instances": healthy(mig=(1, 1)),
+    "mismatch": FakeNvml(init_error=pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH),
+    "library-skew": FakeNvml(nvml_version="13.580.82.07"),
+    "no-driver": FakeNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND),
+    "gpu-lost": FakeNvml(gpus=[FakeGpu(), replace(FakeGpu(), uuid="GPU-lost", lost=True)]),
+    "old-driver-api": FakeNvml(
+        missing={
+            "nvmlDeviceGetCurrentClocksEventReasons",
+            "nvmlDeviceGetGpuMaxPcieLinkGeneration",
+        },
+        gpus=[replace(FakeGpu(), clock_reasons=0x40, pcie_gen=(5, 5, 5))],
+    ),
+}

@@ -19,7 +19,7 @@ A100 = FakeGpu(
 
 
 def test_healthy_host_reports_every_field() -> None:
-    lib = FakeNvml([H100, A100], driver="580.95.05", cuda=13000)
+    lib = FakeNvml(gpus=[H100, A100], driver="580.95.05", cuda=13000)
     profile = probe(lib, env={})
     assert profile.status == "ok"
     assert profile.driver_version == "580.95.05"
@@ -65,7 +65,7 @@ def test_healthy_host_reports_every_field() -> None:
 def test_init_failures_become_a_status_not_a_crash(
     code: int, status: str, diagnosis: str, fix: str
 ) -> None:
-    profile = probe(FakeNvml([H100], init_error=code), env={})
+    profile = probe(FakeNvml(gpus=[H100], init_error=code), env={})
     assert profile.status == status
     assert profile.gpus == ()
     assert diagnosis in (profile.message or "")
@@ -77,7 +77,7 @@ def test_a_lost_gpu_is_reported_and_the_others_still_read() -> None:
         uuid="GPU-cccccccc",
         fail={"nvmlDeviceGetCudaComputeCapability": pynvml.NVML_ERROR_GPU_IS_LOST},
     )
-    profile = probe(FakeNvml([H100, lost, A100]), env={})
+    profile = probe(FakeNvml(gpus=[H100, lost, A100]), env={})
     assert [g.compute_capability for g in profile.gpus] == ["9.0", None, "8.0"]
     broken = profile.gpus[1]
     assert broken.uuid == "GPU-cccccccc"
@@ -86,13 +86,17 @@ def test_a_lost_gpu_is_reported_and_the_others_still_read() -> None:
 
 
 def test_binding_newer_than_driver_falls_back_to_v1_cuda_query() -> None:
-    profile = probe(FakeNvml([H100], cuda=12040, has_v2=False), env={})
+    profile = probe(
+        FakeNvml(gpus=[H100], cuda=12040, missing={"nvmlSystemGetCudaDriverVersion_v2"}), env={}
+    )
     assert profile.cuda_driver_version == "12.4"
 
 
 def test_missing_libcuda_leaves_cuda_version_unknown() -> None:
     lib = FakeNvml(
-        [H100], cuda=None, fail={"nvmlSystemGetCudaDriverVersion": pynvml.NVML_ERROR_NOT_SUPPORTED}
+        gpus=[H100],
+        cuda=None,
+        fail={"nvmlSystemGetCudaDriverVersion": pynvml.NVML_ERROR_NOT_SUPPORTED},
     )
     assert probe(lib, env={}).cuda_driver_version is None
 
@@ -101,22 +105,22 @@ def test_function_missing_for_one_gpu_field_is_tolerated() -> None:
     old = FakeGpu(
         uuid="GPU-dddddddd", fail={"nvmlDeviceGetBrand": pynvml.NVML_ERROR_FUNCTION_NOT_FOUND}
     )
-    gpu = probe(FakeNvml([old]), env={}).gpus[0]
+    gpu = probe(FakeNvml(gpus=[old]), env={}).gpus[0]
     assert gpu.error is None and gpu.brand is None and gpu.compute_capability == "9.0"
 
 
 def test_bytes_from_older_bindings_are_decoded() -> None:
-    lib = FakeNvml([H100], driver=b"535.183.01")
+    lib = FakeNvml(gpus=[H100], driver=b"535.183.01")
     assert probe(lib, env={}).driver_version == "535.183.01"
 
 
 def test_mig_devices_are_listed_and_empty_slots_skipped() -> None:
     mig_gpu = FakeGpu(
         uuid="GPU-eeeeeeee",
-        mig_mode=(1, 1),
-        migs=[FakeMig("MIG-11111111-aaaa"), None, FakeMig("MIG-22222222-bbbb", memory_mib=20096)],
+        mig=(1, 1),
+        migs=(FakeMig("MIG-11111111-aaaa"), None, FakeMig("MIG-22222222-bbbb", memory_mib=20096)),
     )
-    gpu = probe(FakeNvml([mig_gpu]), env={}).gpus[0]
+    gpu = probe(FakeNvml(gpus=[mig_gpu]), env={}).gpus[0]
     assert gpu.mig_enabled
     assert [(m.index, m.uuid, m.memory_total_mib) for m in gpu.mig_devices] == [
         (0, "MIG-11111111-aaaa", 40448),
@@ -125,7 +129,7 @@ def test_mig_devices_are_listed_and_empty_slots_skipped() -> None:
 
 
 def test_mig_pending_but_not_current_is_off() -> None:
-    gpu = probe(FakeNvml([FakeGpu(mig_mode=(0, 1))]), env={}).gpus[0]
+    gpu = probe(FakeNvml(gpus=[FakeGpu(mig=(0, 1))]), env={}).gpus[0]
     assert gpu.mig_enabled is False and gpu.mig_devices == ()
 
 
@@ -148,17 +152,15 @@ def test_cuda_visible_devices(spec: str | None, visible: list[bool]) -> None:
         FakeGpu(uuid="GPU-cccc-2"),
     ]
     env = {} if spec is None else {"CUDA_VISIBLE_DEVICES": spec}
-    profile = probe(FakeNvml(gpus), env=env)
+    profile = probe(FakeNvml(gpus=gpus), env=env)
     assert [g.visible for g in profile.gpus] == visible
     assert profile.cuda_visible_devices == spec
 
 
 def test_cuda_visible_devices_with_a_mig_uuid() -> None:
-    mig_gpu = FakeGpu(
-        uuid="GPU-eeee", mig_mode=(1, 1), migs=[FakeMig("MIG-1111"), FakeMig("MIG-2222")]
-    )
+    mig_gpu = FakeGpu(uuid="GPU-eeee", mig=(1, 1), migs=(FakeMig("MIG-1111"), FakeMig("MIG-2222")))
     profile = probe(
-        FakeNvml([FakeGpu(uuid="GPU-aaaa"), mig_gpu]), env={"CUDA_VISIBLE_DEVICES": "MIG-2222"}
+        FakeNvml(gpus=[FakeGpu(uuid="GPU-aaaa"), mig_gpu]), env={"CUDA_VISIBLE_DEVICES": "MIG-2222"}
     )
     plain, mig = profile.gpus
     assert not plain.visible
@@ -167,7 +169,7 @@ def test_cuda_visible_devices_with_a_mig_uuid() -> None:
 
 
 def test_apply_visibility_is_identity_without_the_variable() -> None:
-    gpus = list(probe(FakeNvml([H100, A100]), env={}).gpus)
+    gpus = list(probe(FakeNvml(gpus=[H100, A100]), env={}).gpus)
     assert apply_visibility(gpus, None) == gpus
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_nvml import SCENARIOS, FakeGpu, FakeNvml
 
 from cudabox import nvml
 from cudabox.cli import main
@@ -17,6 +16,7 @@ from cudabox.doctor.gpu_checks import MARKER
 from cudabox.doctor.model import LAYERS, STATUSES
 from cudabox.doctor.run import Doctor, Environment, Options
 from cudabox.errors import ExitCode
+from fakenvml import SCENARIOS, FakeGpu, FakeNvml
 
 CHECK_KEYS = ["id", "layer", "status", "value", "expected", "unit", "message", "fix", "duration_s"]
 TOP_KEYS = ["kind", "schema", "cudabox_version", "timestamp", "level", "framework", "image", "here",

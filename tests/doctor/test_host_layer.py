@@ -6,11 +6,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fake_nvml import SCENARIOS, FakeGpu, FakeNvml
 
 from cudabox import nvml
 from cudabox.doctor.host_layer import HostReadings, host_checks, read_kernel_module, read_pci_gpus
 from cudabox.doctor.model import Check
+from fakenvml import SCENARIOS, FakeGpu, FakeNvml
 
 
 def run(

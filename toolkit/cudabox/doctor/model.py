@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from cudabox.errors import ExitCode, UsageError
 from cudabox.host import HostProfile
+from cudabox.output import read_json
 
 SCHEMA_VERSION = 1
 KIND = "cudabox.doctor"
@@ -188,15 +189,7 @@ class DoctorReport:
 
     @classmethod
     def load(cls, path: Path) -> DoctorReport:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"report {path} does not exist", "check the path") from None
-        except json.JSONDecodeError as exc:
-            raise UsageError(
-                f"report {path} is not JSON ({exc.msg}, line {exc.lineno})",
-                "write it with `cudabox doctor --json FILE`",
-            ) from None
+        data = read_json(path, "report", "write it with `cudabox doctor --json FILE`")
         return cls.from_json(data, source=path.stem)
 
 
