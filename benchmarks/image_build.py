@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import cudabox
-from cudabox.build import BuildOptions, build_image, verify_image
+from cudabox.build import BuildOptions, BuildResult, build_image, remove_built, verify_image
 from cudabox.catalog import load_catalog
 from cudabox.engine import Engine
 
@@ -39,6 +39,8 @@ def main() -> int:
             spec = catalog.get(name)
             tag = f"cudabox-bench/{name}:cold"
             edited_tag = f"cudabox-bench/{name}:edited"
+            cold: BuildResult | None = None
+            edited: BuildResult | None = None
             try:
                 cold = build_image(engine, spec, replace(options, nocache=True), tag=tag)
                 checked = verify_image(engine, spec, catalog.root, tag=tag, run_units=False)
@@ -63,8 +65,9 @@ def main() -> int:
                     f"({edited.cached_steps} steps from cache)"
                 )
             finally:
-                for ref in (tag, edited_tag):
-                    engine.remove_image(ref, force=True)
+                # The images and the build stage this run made (the edit reuses the cold one's).
+                remove_built(engine, edited_tag, None)
+                remove_built(engine, tag, cold)
     return 0
 
 
