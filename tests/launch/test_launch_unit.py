@@ -98,6 +98,17 @@ def test_cdi_specs_are_found_by_their_devices(tmp_path: Path) -> None:
     assert not has_nvidia_cdi({})
 
 
+def test_podman_never_silently_drops_the_gpus() -> None:
+    from cudabox.launch import refuse_podman_gpus
+
+    podman = {"_version": {"Components": [{"Name": "Podman Engine", "Version": "4.3.1"}]}}
+    with pytest.raises(Unavailable, match="ignores GPU requests") as caught:
+        refuse_podman_gpus(podman, GpuRequest(count=-1))
+    assert "--cpu" in (caught.value.fix or "")
+    refuse_podman_gpus(podman, None)  # no GPUs asked for: fine
+    refuse_podman_gpus({"_version": {"Components": [{"Name": "Engine"}]}}, GpuRequest(count=-1))
+
+
 def test_podman_gets_explicit_ulimits() -> None:
     podman = {"_version": {"Components": [{"Name": "Podman Engine", "Version": "4.3.1"}]}}
     names = [name for name, _, _ in podman_ulimits(podman)]

@@ -232,10 +232,26 @@ def has_nvidia_cdi(info: dict[str, Any]) -> bool:
 _PODMAN_CAPS = {"nofile": 65536, "nproc": 16384}
 
 
+def is_podman(info: dict[str, Any]) -> bool:
+    components = info.get("_version", {}).get("Components") or []
+    return any("podman" in str(c.get("Name", "")).lower() for c in components)
+
+
+def refuse_podman_gpus(info: dict[str, Any] | None, gpus: GpuRequest | None) -> None:
+    """Podman's Docker-compatible API accepts GPU device requests and ignores them; say so."""
+    if gpus is not None and info is not None and is_podman(info):
+        raise Unavailable(
+            "this engine is Podman, whose Docker-compatible API ignores GPU requests: the "
+            "container would run without its GPUs",
+            "run with Docker and the NVIDIA Container Toolkit, or run Podman yourself with CDI "
+            "(`podman run --device nvidia.com/gpu=all ...`; --dry-run prints the rest); "
+            "or pass --cpu",
+        )
+
+
 def podman_ulimits(info: dict[str, Any]) -> tuple[tuple[str, int, int], ...]:
     """Explicit rlimits for Podman engines: the caller's own, capped; none for Docker."""
-    components = info.get("_version", {}).get("Components") or []
-    if not any("podman" in str(c.get("Name", "")).lower() for c in components):
+    if not is_podman(info):
         return ()
     limits = []
     for name, which in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
@@ -375,6 +391,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     choice = choose_image(args.framework, args.image, args.cpu, False, profile)
     engine, info = _engine_and_info(args.dry_run)
     gpus = gpu_request(choice, args.gpus, args.cpu, info)
+    refuse_podman_gpus(info, gpus)
     spec = container_spec(choice, command, args, gpus, podman_ulimits(info or {}))
     progress(f"cudabox: image {choice.image.name}: {choice.why}")
     if args.dry_run:
@@ -408,6 +425,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     choice = choose_image(args.framework, args.image, args.cpu, args.require_gpu, profile)
     engine, info = _engine_and_info(args.dry_run)
     gpus = gpu_request(choice, args.gpus, args.cpu, info)
+    refuse_podman_gpus(info, gpus)
     command = ["python", "-m", module, "--out", OUT_DIR, *workload]
     spec = container_spec(
         choice, command, args, gpus, podman_ulimits(info or {}), ((str(out), OUT_DIR, False),)
