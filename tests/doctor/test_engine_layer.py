@@ -21,6 +21,7 @@ from cudabox.doctor.engine_layer import (
     gather,
 )
 from cudabox.doctor.model import Check
+from cudabox.engine import Engine
 from cudabox.host import Gpu, HostProfile
 
 CDI = Path(__file__).parents[1] / "fixtures" / "doctor" / "cdi"
@@ -133,7 +134,7 @@ def test_gpu_host_whose_engine_cannot_pass_gpus_fails() -> None:
 @pytest.mark.docker
 def test_real_engine_answers_and_cannot_pass_gpus(docker_engine: Any) -> None:
     """Our CI engine has no NVIDIA runtime: the doctor must say so, as a skip on a GPU-less host."""
-    engine_view = gather(EngineAdapter(_Wrapped(docker_engine)), cdi.find_specs())
+    engine_view = gather(EngineAdapter(Engine(docker_engine)), cdi.find_specs())
     checks = by_id(engine_checks(engine_view, CPU_HOST))
     reachable = checks["engine.reachable"]
     assert reachable.status == "pass"
@@ -149,13 +150,6 @@ def test_real_engine_answers_and_cannot_pass_gpus(docker_engine: Any) -> None:
     assert runtime.fix == TOOLKIT_FIX
     # The same engine judged for a host that has a GPU: a failure, with the same fix.
     assert by_id(engine_checks(engine_view, GPU_HOST))["engine.gpu_runtime"].status == "fail"
-
-
-class _Wrapped:
-    """An Engine-like object over a bare SDK client (what EngineAdapter reads through)."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cudabox import __version__
-from cudabox.catalog import FRAMEWORKS, load_catalog
+from cudabox.catalog import FRAMEWORKS, Catalog, load_catalog
 from cudabox.errors import CudaboxError, ExitCode, NoImageFits
 from cudabox.host import HostProfile
 from cudabox.output import print_json, table
@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         "select", help="pick the catalog image that fits this host (or the hosts given)"
     )
     add_selection_args(sel)
+    sel.add_argument(
+        "--local",
+        action="store_true",
+        help="also judge images on the container engine (built or pulled) from their labels",
+    )
     sel.add_argument("--json", action="store_true", help="print every verdict as JSON")
     sel.set_defaults(func=cmd_select)
 
@@ -89,7 +94,33 @@ def hosts_from_args(files: Sequence[Path]) -> list[HostProfile]:
 
 def selection_from_args(args: argparse.Namespace) -> Selection:
     flavor: Flavor = args.flavor
-    return select(load_catalog(), hosts_from_args(args.host), args.framework, flavor)
+    catalog = load_catalog()
+    if getattr(args, "local", False):
+        catalog = with_local_images(catalog)
+    return select(catalog, hosts_from_args(args.host), args.framework, flavor)
+
+
+def with_local_images(catalog: Catalog) -> Catalog:
+    """The catalog plus the engine's cudabox-labelled images that it does not already name."""
+    from dataclasses import replace
+
+    from cudabox.engine import Engine
+    from cudabox.imagefacts import spec_from_labels
+
+    known = {image.tag for image in catalog.images}
+    extra = []
+    with Engine.connect() as engine:
+        for info in engine.images_with_label("cudabox.image"):
+            tag = info.tags[0]
+            if tag in known:
+                continue
+            try:
+                spec = spec_from_labels(info.labels, tag)
+            except CudaboxError as exc:
+                print(f"cudabox: skipping {tag}: {exc.message}", file=sys.stderr)
+                continue
+            extra.append(replace(spec, name=f"{spec.name}@{tag}", tag=tag))
+    return replace(catalog, images=(*catalog.images, *extra))
 
 
 def cmd_probe(args: argparse.Namespace) -> int:

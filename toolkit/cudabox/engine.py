@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,28 @@ class Engine:
             user=config.get("User") or "",
             created=attrs.get("Created", ""),
         )
+
+    def info(self) -> dict[str, Any]:
+        """`docker info`: runtimes, CDI spec folders, storage driver, ..."""
+        with _wrapped("read the engine's info"):
+            return dict(self.client.info())
+
+    def version(self) -> dict[str, Any]:
+        """`docker version`: the engine's components (Docker Engine, or Podman Engine)."""
+        with _wrapped("read the engine's version"):
+            return dict(self.client.version())
+
+    def images_with_label(self, label: str) -> list[ImageInfo]:
+        """Every tagged image carrying `label` (e.g. the ones cudabox built, or pulled)."""
+        with _wrapped(f"list images labelled {label}"):
+            found = self.client.api.images(filters={"label": label, "dangling": False})
+        infos = []
+        for entry in found:
+            for tag in entry.get("RepoTags") or []:
+                info = self.image(tag)
+                if info is not None:
+                    infos.append(replace(info, tags=(tag,)))
+        return infos
 
     def has_image(self, ref: str) -> bool:
         return self.image(ref) is not None
@@ -530,11 +552,8 @@ def _register_wait(client: Any, container_id: str) -> Any:
 
 
 def engine_info(engine: Engine) -> dict[str, Any]:
-    with _wrapped("read the engine's info"):
-        info: dict[str, Any] = engine.client.info()
-        version: dict[str, Any] = engine.client.version()
-    info["_version"] = version
-    return info
+    """The engine's info, with its version under "_version" (the launcher needs both)."""
+    return {**engine.info(), "_version": engine.version()}
 
 
 def start_container(engine: Engine, spec: ContainerSpec) -> RunningContainer:

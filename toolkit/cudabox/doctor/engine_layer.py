@@ -195,17 +195,13 @@ def _cdi_spec(view: EngineView, host: HostProfile) -> Check:
 
 
 class EngineAdapter:
-    """EngineFacts over cudabox.engine.Engine (which has no version()/info() of its own yet)."""
+    """EngineFacts over cudabox.engine.Engine."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
     def version(self) -> Mapping[str, Any]:
-        getter = getattr(self.engine, "version", None)
-        answer = getter() if callable(getter) else self.engine.client.version()
-        return dict(answer)
+        return dict(self.engine.version())
 
     def info(self) -> Mapping[str, Any]:
-        getter = getattr(self.engine, "info", None)
-        answer = getter() if callable(getter) else self.engine.client.info()
-        return dict(answer)
+        return dict(self.engine.info())
