@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ def catalog_image(docker_engine: Any) -> Iterator[Any]:
     from cudabox.catalog import load_catalog
 
     catalog = load_catalog()
-    built: list[str] = []
+    made: list[str] = []  # tags and build-stage ids, to remove afterwards
 
     def get(name: str) -> str:
         spec = catalog.get(name)
@@ -60,12 +61,23 @@ def catalog_image(docker_engine: Any) -> Iterator[Any]:
             subprocess.run(
                 [sys.executable, "-m", "cudabox", "base"], check=True, env=env, timeout=900
             )
-            subprocess.run(
-                [sys.executable, "-m", "cudabox", "build", name], check=True, env=env, timeout=2400
+            result = subprocess.run(
+                [sys.executable, "-m", "cudabox", "build", name, "--json"],
+                check=True,
+                env=env,
+                timeout=2400,
+                stdout=subprocess.PIPE,
+                text=True,
             )
-            built.append(spec.tag)
+            (entry,) = json.loads(result.stdout)
+            made.append(spec.tag)
+            if entry.get("build_stage_id"):
+                made.append(entry["build_stage_id"])
         return str(spec.tag)
 
     yield get
-    for tag in built:
-        docker_engine.images.remove(tag, force=True)
+    for ref in made:  # the image first: its build stage is only removable once unreferenced
+        try:
+            docker_engine.images.remove(ref, force=True)
+        except Exception as exc:  # a stage still shared with a user's image stays
+            warnings.warn(f"could not remove {ref}: {exc}", stacklevel=1)
