@@ -130,6 +130,8 @@ def choose_image(
     verdict = next(v for v in selection.verdicts if v.image == selection.selected)
     notes = "; ".join(r.text for r in verdict.reasons)
     why = f"newest {framework} {selection.selected.flavor} image that fits this host"
+    if flavor == "auto" and not profile.visible_gpus:
+        why += f"; no usable GPU ({profile.message or 'none visible'})"
     return Choice(selection.selected, f"{why}{' (' + notes + ')' if notes else ''}", profile)
 
 
@@ -504,5 +506,5 @@ def _summarise(out: Path, image: str, why: str, code: int, as_json: bool) -> Non
 
 def _fmt(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return "-" if value is None else str(value)
