@@ -27,11 +27,11 @@ FRAMEWORKS = {"torch": "torch", "tf": "tensorflow"}
 FLAVORS = {"gpu": "cuda", "cpu": "cpu"}
 
 
-def _install(session: nox.Session, *extra: str) -> None:
-    session.install("-e", f".{'[dev]' if 'dev' in extra else ''}")
-    others = [e for e in extra if e != "dev"]
-    if others:
-        session.install(*others)
+def _install(session: nox.Session, *packages: str, dev: bool = False) -> None:
+    """cudabox (editable, with its dev extra if asked), then any further packages."""
+    session.install("-e", ".[dev]" if dev else ".")
+    if packages:
+        session.install(*packages)
 
 
 def _host_pip_passthrough() -> dict[str, str]:
@@ -162,7 +162,7 @@ def doctor(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite. Docker tests run against the real engine (CI forbids skipping them)."""
-    _install(session, "dev", TEST_TORCH, TEST_TF)
+    _install(session, TEST_TORCH, TEST_TF, dev=True)
     env = {**_host_pip_passthrough(), "PYTHONUNBUFFERED": "1"}
     session.run("pytest", *session.posargs, env=env)
 
@@ -170,7 +170,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, mypy --strict, hadolint on the Dockerfiles, actionlint on the workflows."""
-    _install(session, "dev")
+    _install(session, dev=True)
     session.run("ruff", "check", "toolkit", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "toolkit", "tests", "noxfile.py")
     session.run("mypy")

@@ -31,9 +31,7 @@ def main() -> int:
     parser.add_argument("images", nargs="*", default=["torch-2.13-cpu"])
     args = parser.parse_args()
     catalog = load_catalog()
-    options = BuildOptions.from_args(
-        argparse.Namespace(ca_cert=None, index_url=None, wheelhouse=None)
-    )
+    options = BuildOptions.from_env()
     with Engine.connect() as engine:
         for name in args.images:
             spec = catalog.get(name)

@@ -58,6 +58,11 @@ class BuildOptions:
     quiet: bool = False  # build output off (step lines only)
 
     @classmethod
+    def from_env(cls) -> BuildOptions:
+        """No flags: the CUDABOX_* variables (and CUDABOX_HOST_PIP) alone decide."""
+        return cls.from_args(argparse.Namespace(ca_cert=None, index_url=None, wheelhouse=None))
+
+    @classmethod
     def from_args(cls, args: argparse.Namespace) -> BuildOptions:
         """Flags first, then CUDABOX_* variables, then (with --host-pip) the host's pip config."""
         host = (

@@ -316,9 +316,7 @@ class Engine:
         """
         name = f"cudabox-{uuid.uuid4().hex[:12]}"
         all_labels = {MANAGED_LABEL: "1", **(labels or {})}
-        device_requests = []
-        if gpus:
-            device_requests.append(docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]]))
+        device_requests = [GpuRequest(count=-1).device_request()] if gpus else []
         started = time.monotonic()
         with _wrapped(f"run {' '.join(command)} in {image}"):
             container = self.client.containers.create(
@@ -388,6 +386,33 @@ def _short(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
+_NO_GPU_RUNTIME = re.compile(
+    r"could not select device driver|unknown or invalid runtime name: nvidia"
+)
+_CDI_UNRESOLVED = re.compile(r"unresolvable CDI devices|CDI device injection failed")
+GPU_PASSTHROUGH_FIX = (
+    "install the NVIDIA Container Toolkit and register it with the engine "
+    "(`sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker`), "
+    "or generate a CDI spec (`sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`); "
+    "or run on the CPU with --cpu"
+)
+
+
+def _gpu_refusal(text: str) -> Unavailable | None:
+    """The engine's answer to a GPU request it cannot serve, as a diagnosis with the fix."""
+    if _NO_GPU_RUNTIME.search(text):
+        return Unavailable(
+            f"the container engine cannot pass GPUs to containers: {text.strip()}",
+            GPU_PASSTHROUGH_FIX,
+        )
+    if _CDI_UNRESOLVED.search(text):
+        return Unavailable(
+            f"the engine's CDI specs do not provide the GPUs asked for: {text.strip()}",
+            "regenerate the spec after a driver change: `sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`",
+        )
+    return None
+
+
 @contextmanager
 def _wrapped(action: str) -> Iterator[None]:
     """Turn the SDK's exceptions into cudabox errors that say what cudabox was doing."""
@@ -400,6 +425,9 @@ def _wrapped(action: str) -> Iterator[None]:
     except docker.errors.BuildError as exc:
         raise BuildError(f"could not {action}: {_short(exc)}") from None
     except docker.errors.APIError as exc:
+        refusal = _gpu_refusal(str(exc.explanation or exc))
+        if refusal is not None:
+            raise refusal from None
         raise BuildError(f"could not {action}: {exc.explanation or _short(exc)}") from None
     except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
         raise Unavailable(
@@ -408,17 +436,6 @@ def _wrapped(action: str) -> Iterator[None]:
 
 
 # ---- long-running containers (cudabox run / train) ------------------------------------------
-
-_NO_GPU_RUNTIME = re.compile(
-    r"could not select device driver|unknown or invalid runtime name: nvidia"
-)
-_CDI_UNRESOLVED = re.compile(r"unresolvable CDI devices|CDI device injection failed")
-GPU_PASSTHROUGH_FIX = (
-    "install the NVIDIA Container Toolkit and register it with the engine "
-    "(`sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker`), "
-    "or generate a CDI spec (`sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`); "
-    "or run on the CPU with --cpu"
-)
 
 
 @dataclass(frozen=True)
@@ -590,16 +607,9 @@ def start_container(engine: Engine, spec: ContainerSpec) -> RunningContainer:
         if container is not None:
             _force_remove(container)
         text = str(exc.explanation or exc)
-        if _NO_GPU_RUNTIME.search(text):
-            raise Unavailable(
-                f"the container engine cannot pass GPUs to containers: {text.strip()}",
-                GPU_PASSTHROUGH_FIX,
-            ) from None
-        if _CDI_UNRESOLVED.search(text):
-            raise Unavailable(
-                f"the engine's CDI specs do not provide the GPUs asked for: {text.strip()}",
-                "regenerate the spec after a driver change: `sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`",
-            ) from None
+        refusal = _gpu_refusal(text)
+        if refusal is not None:
+            raise refusal from None
         if isinstance(exc, docker.errors.ImageNotFound):
             raise Unavailable(
                 f"image {spec.image} is not in the engine", "build it first: `cudabox build NAME`"

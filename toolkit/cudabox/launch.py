@@ -112,17 +112,9 @@ def choose_image(
 ) -> Choice:
     catalog = load_catalog()
     if image != "auto":
-        spec = catalog.get(image)
-        if spec.framework != framework:
-            framework = spec.framework
-        return Choice(spec, "named with --image", profile)
-    if require_gpu and not profile.visible_gpus:
-        short = "tf" if framework == "tensorflow" else framework
-        found = profile.message or "NVML lists no visible GPU"
-        raise Unavailable(
-            f"no usable NVIDIA GPU on this host ({found}); a GPU run never falls back to the CPU",
-            f"run `nox -s train-{short}-cpu` (or `cudabox train {framework} --cpu`) instead",
-        )
+        return Choice(catalog.get(image), "named with --image", profile)
+    if require_gpu:
+        require_visible_gpu(framework, profile, here=False)
     flavor: Flavor = "cpu" if cpu else ("cuda" if require_gpu else "auto")
     selection = select(catalog, [profile], framework, flavor)
     if selection.selected is None:
@@ -133,6 +125,19 @@ def choose_image(
     if flavor == "auto" and not profile.visible_gpus:
         why += f"; no usable GPU ({profile.message or 'none visible'})"
     return Choice(selection.selected, f"{why}{' (' + notes + ')' if notes else ''}", profile)
+
+
+def require_visible_gpu(framework: str, profile: HostProfile, here: bool) -> None:
+    """A GPU run on a host without a usable GPU fails at once; it never falls back to the CPU."""
+    if profile.visible_gpus:
+        return
+    short = "tf" if framework == "tensorflow" else framework
+    found = profile.message or "NVML lists no visible GPU"
+    instead = f"cudabox train {framework} {'--here ' if here else ''}--cpu"
+    raise Unavailable(
+        f"no usable NVIDIA GPU on this host ({found}); a GPU run never falls back to the CPU",
+        f"run `nox -s train-{short}-cpu` (or `{instead}`) instead",
+    )
 
 
 def ensure_image(engine: Engine, spec: ImageSpec, build_missing: bool) -> None:
@@ -149,23 +154,15 @@ def ensure_image(engine: Engine, spec: ImageSpec, build_missing: bool) -> None:
     from cudabox import build
 
     progress(f"cudabox: {spec.tag} is missing; building it (`cudabox build {spec.name}`)")
-    # No build flags here: the CUDABOX_CA_CERT / _INDEX_URL / _WHEELHOUSE variables apply.
-    options = build.BuildOptions.from_args(
-        argparse.Namespace(ca_cert=None, index_url=None, wheelhouse=None)
-    )
-    build.build_image(engine, spec, options)
+    build.build_image(engine, spec, build.BuildOptions.from_env())
     build.require_verified(build.verify_image(engine, spec, load_catalog().root))
 
 
 def _warn_if_stale(spec: ImageSpec, labels: dict[str, str]) -> None:
-    import hashlib
+    from cudabox.lock import lock_digest
 
     built = labels.get("cudabox.lock_sha256")
-    if (
-        built
-        and spec.lock.is_file()
-        and hashlib.sha256(spec.lock.read_bytes()).hexdigest() != built
-    ):
+    if built and spec.lock.is_file() and lock_digest(spec.lock) != built:
         progress(
             f"cudabox: warning: {spec.tag} was built from an older {spec.lock.name}; rebuild with `cudabox build {spec.name}`"
         )
@@ -372,37 +369,44 @@ def _engine_and_info(dry_run: bool) -> tuple[Engine | None, dict[str, Any] | Non
     return engine, engine_info(engine)
 
 
-def _probe(args: argparse.Namespace) -> HostProfile:
+def _probe() -> HostProfile:
     from cudabox.nvml import probe
 
     return probe()
 
 
-def _command(raw: Sequence[str], what: str) -> list[str]:
-    items = list(raw)
-    if what == "command" and not items:
-        raise UsageError(
-            "no command to run", "put it after --, e.g. `cudabox run -- python train.py`"
-        )
-    return items
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    command = _command([*args.command, *args.rest], "command")
-    profile = _probe(args)
-    choice = choose_image(args.framework, args.image, args.cpu, False, profile)
+def launch(
+    args: argparse.Namespace,
+    choice: Choice,
+    command: Sequence[str],
+    extra_mounts: Sequence[tuple[str, str, bool]] = (),
+    to_stderr: bool = False,
+) -> int | None:
+    """Wire the GPUs, then print the docker command (--dry-run, returns None) or run it."""
+    progress(f"cudabox: image {choice.image.name}: {choice.why}")
     engine, info = _engine_and_info(args.dry_run)
     gpus = gpu_request(choice, args.gpus, args.cpu, info)
     refuse_podman_gpus(info, gpus)
-    spec = container_spec(choice, command, args, gpus, podman_ulimits(info or {}))
-    progress(f"cudabox: image {choice.image.name}: {choice.why}")
-    if args.dry_run:
+    spec = container_spec(choice, command, args, gpus, podman_ulimits(info or {}), extra_mounts)
+    if engine is None or args.dry_run:  # no engine happens only on a dry run
         print(shlex.join(spec.docker_cli()))
-        return ExitCode.OK
-    assert engine is not None
+        if engine is not None:
+            engine.close()
+        return None
     with engine:
         ensure_image(engine, choice.image, build_missing=not args.no_build)
-        return run_container(engine, spec)
+        return run_container(engine, spec, to_stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = [*args.command, *args.rest]
+    if not command:
+        raise UsageError(
+            "no command to run", "put it after --, e.g. `cudabox run -- python train.py`"
+        )
+    choice = choose_image(args.framework, args.image, args.cpu, False, _probe())
+    code = launch(args, choice, command)
+    return ExitCode.OK if code is None else code
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -420,39 +424,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         workload = ["--device", "cpu", *workload]
     if args.here:
         if args.require_gpu:
-            _require_gpu_here(args.framework, _probe(args))
+            require_visible_gpu(args.framework, _probe(), here=True)
         return _train_here(module, out, workload, args)
 
-    profile = _probe(args)
-    choice = choose_image(args.framework, args.image, args.cpu, args.require_gpu, profile)
-    engine, info = _engine_and_info(args.dry_run)
-    gpus = gpu_request(choice, args.gpus, args.cpu, info)
-    refuse_podman_gpus(info, gpus)
+    choice = choose_image(args.framework, args.image, args.cpu, args.require_gpu, _probe())
+    if not args.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
     command = ["python", "-m", module, "--out", OUT_DIR, *workload]
-    spec = container_spec(
-        choice, command, args, gpus, podman_ulimits(info or {}), ((str(out), OUT_DIR, False),)
-    )
-    progress(f"cudabox: image {choice.image.name}: {choice.why}")
-    if args.dry_run:
-        print(shlex.join(spec.docker_cli()))
+    # With --json, stdout carries only the summary; the workload's progress goes to stderr.
+    code = launch(args, choice, command, ((str(out), OUT_DIR, False),), to_stderr=args.json)
+    if code is None:
         return ExitCode.OK
-    assert engine is not None
-    out.mkdir(parents=True, exist_ok=True)
-    with engine:
-        ensure_image(engine, choice.image, build_missing=not args.no_build)
-        # With --json, stdout carries only the summary; the workload's progress goes to stderr.
-        code = run_container(engine, spec, to_stderr=args.json)
     _summarise(out, choice.image.name, choice.why, code, args.json)
     return code
-
-
-def _require_gpu_here(framework: str, profile: HostProfile) -> None:
-    if not profile.visible_gpus:
-        short = "tf" if framework == "tensorflow" else framework
-        raise Unavailable(
-            f"no usable NVIDIA GPU on this host ({profile.message or 'NVML lists no visible GPU'})",
-            f"run `cudabox train {framework} --here --cpu` or `nox -s train-{short}-cpu` instead",
-        )
 
 
 def _train_here(module: str, out: Path, workload: list[str], args: argparse.Namespace) -> int:
