@@ -19,8 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import cudabox
-from cudabox.build import BuildOptions, BuildResult, build_image, remove_built, verify_image
-from cudabox.catalog import load_catalog
+from cudabox.images.build import BuildOptions, BuildResult, build_image, remove_built, verify_image
+from cudabox.images.catalog import load_catalog
 from cudabox.engine import Engine
 
 

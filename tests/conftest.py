@@ -48,7 +48,7 @@ def catalog_image(docker_engine: Any) -> Iterator[Any]:
     import subprocess
     import sys
 
-    from cudabox.catalog import load_catalog
+    from cudabox.images.catalog import load_catalog
 
     catalog = load_catalog()
     made: list[str] = []  # tags and build-stage ids, to remove afterwards

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cudabox.catalog import load_catalog, parse_catalog
+from cudabox.images.catalog import load_catalog, parse_catalog
 from cudabox.compat import load_compat, parse_compat
 from cudabox.errors import DataError
 from cudabox.versions import CudaVersion, DriverVersion

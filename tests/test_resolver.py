@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cudabox.catalog import Catalog, load_catalog
+from cudabox.images.catalog import Catalog, load_catalog
 from cudabox.host import Gpu, HostProfile
 from cudabox.resolver import select
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from cudabox.catalog import load_catalog, rank_key
+from cudabox.images.catalog import load_catalog, rank_key
 from cudabox.host import Gpu, HostProfile
 from cudabox.resolver import Flavor, select
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cudabox.catalog import load_catalog
+from cudabox.images.catalog import load_catalog
 from cudabox.doctor import cdi
 from cudabox.doctor.container_layer import gpus_check
 from cudabox.doctor.engine_layer import (

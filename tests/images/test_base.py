@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cudabox.base import PACKAGES, mmdebstrap_command, package_list_path, suite_of
+from cudabox.images.base import PACKAGES, mmdebstrap_command, package_list_path, suite_of
 from cudabox.errors import UsageError
 
 

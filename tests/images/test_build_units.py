@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cudabox.build import (
+from cudabox.images.build import (
     LABELS_MARKER,
     BuildOptions,
     assemble_context,
@@ -18,7 +18,7 @@ from cudabox.build import (
     parse_targets,
     wheel_pin,
 )
-from cudabox.catalog import load_catalog
+from cudabox.images.catalog import load_catalog
 from cudabox.engine import BuildLog, Engine
 from cudabox.errors import BuildError, DataError, Unavailable, UsageError
 

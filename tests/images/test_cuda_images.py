@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cudabox.catalog import load_catalog
+from cudabox.images.catalog import load_catalog
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -26,13 +26,13 @@ from typing import Any
 
 import pytest
 
-from cudabox.base import bootstrap
-from cudabox.build import BuildOptions, BuildResult, assemble_context, build_image, verify_image
-from cudabox.catalog import ImageSpec, load_catalog
+from cudabox.images.base import bootstrap
+from cudabox.images.build import BuildOptions, BuildResult, assemble_context, build_image, verify_image
+from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.engine import BuildLog, Engine
 from cudabox.errors import BuildError
-from cudabox.imagefacts import spec_from_labels
-from cudabox.lock import lock_digest
+from cudabox.images.labels import spec_from_labels
+from cudabox.images.lock import lock_digest
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

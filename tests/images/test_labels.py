@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cudabox.catalog import ImageSpec, load_catalog
+from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.errors import DataError
-from cudabox.imagefacts import (
+from cudabox.images.labels import (
     Reported,
     compare,
     compare_labels,

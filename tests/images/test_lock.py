@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cudabox.catalog import load_catalog
+from cudabox.images.catalog import load_catalog
 from cudabox.errors import DataError
-from cudabox.lock import compile_args, header, lock_digest, parse_lock
+from cudabox.images.lock import compile_args, header, lock_digest, parse_lock
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
 H1 = "sha256:" + "a" * 64

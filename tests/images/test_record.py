@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cudabox.build import BuildResult, VerifyResult, read_record, record_entry, write_record
-from cudabox.catalog import load_catalog
-from cudabox.lock import lock_digest
+from cudabox.images.build import BuildResult, VerifyResult, read_record, record_entry, write_record
+from cudabox.images.catalog import load_catalog
+from cudabox.images.lock import lock_digest
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
 CATALOG = load_catalog(IMAGES / "catalog.toml")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cudabox import __version__
-from cudabox.catalog import FRAMEWORKS, Catalog, load_catalog
+from cudabox.images.catalog import FRAMEWORKS, Catalog, load_catalog
 from cudabox.errors import CudaboxError, ExitCode, NoImageFits
 from cudabox.host import HostProfile
 from cudabox.output import print_json, table
@@ -17,9 +17,9 @@ from cudabox.resolver import Flavor, Selection, select
 
 # Feature modules; each exposes register(subparsers). Kept apart so that each owns its command.
 FEATURE_MODULES = (
-    "cudabox.base",
-    "cudabox.build",
-    "cudabox.lock",
+    "cudabox.images.base",
+    "cudabox.images.build",
+    "cudabox.images.lock",
     "cudabox.launch",
     "cudabox.doctor",
     "cudabox.report",
@@ -105,7 +105,7 @@ def with_local_images(catalog: Catalog) -> Catalog:
     from dataclasses import replace
 
     from cudabox.engine import Engine
-    from cudabox.imagefacts import spec_from_labels
+    from cudabox.images.labels import spec_from_labels
 
     known = {image.tag for image in catalog.images}
     extra = []

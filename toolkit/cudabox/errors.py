@@ -17,6 +17,13 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 4  # could not run: no engine, no GPU passthrough, no driver where one is needed
     BUILD = 5  # an image build or its verification failed
     DATA = 6  # the project's own data (catalog, compat tables) is invalid
+    ENGINE = 7  # the container engine refused an operation that is not a build
+    AUTH = 8  # a registry refused the credentials (or asked for some and none were given)
+    NOT_FOUND = 9  # a registry has no such repository, tag or digest
+    PLATFORM = 10  # the registry has the image, but not for linux/amd64
+    INTEGRITY = 11  # content does not match its digest, or a pulled image is not what was judged
+    UNLABELLED = 12  # an image carries no cudabox labels, so it cannot be judged
+    DISK_FULL = 13  # no space left while writing (a pull, a build, a report)
     INTERRUPTED = 130
 
 
@@ -55,3 +62,33 @@ class BuildError(CudaboxError):
 
 class DataError(CudaboxError):
     exit_code = ExitCode.DATA
+
+
+class EngineError(CudaboxError):
+    """The engine answered, but refused an operation (inspect, list, remove, push, ...)."""
+
+    exit_code = ExitCode.ENGINE
+
+
+class AuthError(CudaboxError):
+    exit_code = ExitCode.AUTH
+
+
+class NotFound(CudaboxError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class PlatformMissing(CudaboxError):
+    exit_code = ExitCode.PLATFORM
+
+
+class IntegrityError(CudaboxError):
+    exit_code = ExitCode.INTEGRITY
+
+
+class Unlabelled(CudaboxError):
+    exit_code = ExitCode.UNLABELLED
+
+
+class DiskFull(CudaboxError):
+    exit_code = ExitCode.DISK_FULL

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from cudabox.catalog import FRAMEWORKS, ImageSpec, load_catalog
+from cudabox.images.catalog import FRAMEWORKS, ImageSpec, load_catalog
 from cudabox.errors import ExitCode, NoImageFits, Unavailable, UsageError
 from cudabox.host import HostProfile
 from cudabox.output import print_json, progress, table
@@ -151,7 +151,7 @@ def ensure_image(engine: Engine, spec: ImageSpec, build_missing: bool) -> None:
             f"image {spec.tag} is not built",
             f"build it with `cudabox build {spec.name}` (or drop --no-build)",
         )
-    from cudabox import build
+    from cudabox.images import build
 
     progress(f"cudabox: {spec.tag} is missing; building it (`cudabox build {spec.name}`)")
     build.build_image(engine, spec, build.BuildOptions.from_env())
@@ -159,7 +159,7 @@ def ensure_image(engine: Engine, spec: ImageSpec, build_missing: bool) -> None:
 
 
 def _warn_if_stale(spec: ImageSpec, labels: dict[str, str]) -> None:
-    from cudabox.lock import lock_digest
+    from cudabox.images.lock import lock_digest
 
     built = labels.get("cudabox.lock_sha256")
     if built and spec.lock.is_file() and lock_digest(spec.lock) != built:

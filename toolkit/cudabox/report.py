@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cudabox.catalog import FRAMEWORKS, load_catalog
+from cudabox.images.catalog import FRAMEWORKS, load_catalog
 from cudabox.doctor.model import LAYERS, DoctorReport, Status
 from cudabox.errors import ExitCode, UsageError
 from cudabox.output import print_json, table

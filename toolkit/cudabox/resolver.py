@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cudabox.catalog import Catalog, ImageSpec, rank_key
+from cudabox.images.catalog import Catalog, ImageSpec, rank_key
 from cudabox.compat import Compat, load_compat
 from cudabox.host import Gpu, HostProfile
 from cudabox.versions import Arch, DriverVersion

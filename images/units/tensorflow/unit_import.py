@@ -9,9 +9,9 @@ import numpy
 import pynvml
 import tensorflow as tf
 
-import cudabox.catalog
+import cudabox.images.catalog
 
 assert sys.prefix == "/opt/venv", sys.prefix
 assert tf.__version__ and numpy.__version__
-assert hasattr(pynvml, "nvmlInit") and cudabox.catalog.FRAMEWORKS
+assert hasattr(pynvml, "nvmlInit") and cudabox.images.catalog.FRAMEWORKS
 print(f"tensorflow {tf.__version__}, keras {tf.keras.__version__}, numpy {numpy.__version__}")

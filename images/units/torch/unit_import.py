@@ -6,9 +6,9 @@ import numpy
 import pynvml
 import torch
 
-import cudabox.catalog
+import cudabox.images.catalog
 
 assert sys.prefix == "/opt/venv", sys.prefix
 assert torch.__version__ and numpy.__version__
-assert hasattr(pynvml, "nvmlInit") and cudabox.catalog.FRAMEWORKS
+assert hasattr(pynvml, "nvmlInit") and cudabox.images.catalog.FRAMEWORKS
 print(f"torch {torch.__version__}, numpy {numpy.__version__}")

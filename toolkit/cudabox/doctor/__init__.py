@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cudabox.catalog import FRAMEWORKS
+from cudabox.images.catalog import FRAMEWORKS
 from cudabox.doctor.model import LAYERS, LEVELS, DoctorReport
 from cudabox.errors import ExitCode, Unavailable
 from cudabox.output import table

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any, Protocol
 
-from cudabox.catalog import ImageSpec
+from cudabox.images.catalog import ImageSpec
 from cudabox.compat import load_compat
 from cudabox.doctor.engine_layer import TOOLKIT_FIX
 from cudabox.doctor.gpu_checks import MARKER

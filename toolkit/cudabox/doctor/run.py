@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cudabox import __version__
-from cudabox.catalog import ImageSpec, load_catalog
+from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.doctor import cdi, container_layer, engine_layer, host_layer, perf, training_layer
 from cudabox.doctor.model import Check, DoctorReport, Level, check
 from cudabox.errors import CudaboxError

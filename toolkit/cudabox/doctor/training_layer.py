@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cudabox.catalog import ImageSpec
+from cudabox.images.catalog import ImageSpec
 from cudabox.doctor.container_layer import ContainerEngine
 from cudabox.doctor.model import Check, check
 from cudabox.errors import CudaboxError

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cudabox.catalog import load_catalog
+from cudabox.images.catalog import load_catalog
 from cudabox.errors import BuildError, CudaboxError, ExitCode, Unavailable, UsageError
 from cudabox.output import print_json, progress, table
 
@@ -81,7 +81,7 @@ def bootstrap(engine: Engine, image: str, images_dir: Path) -> BaseResult:
         progress(f"base {image}: {' '.join(command)}")
         _stream(command)
         progress(f"base {image}: docker import")
-        changes = [*IMPORT_CHANGES, f'LABEL cudabox.base="mmdebstrap {suite} {" ".join(PACKAGES)}"']
+        changes = [*IMPORT_CHANGES, f'LABEL cudabox.images.base="mmdebstrap {suite} {" ".join(PACKAGES)}"']
         engine.import_tarball(tarball, image, changes)
     result = engine.run(
         image,

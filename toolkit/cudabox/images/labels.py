@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cudabox import __version__
-from cudabox.catalog import FLAVORS, FRAMEWORKS, ImageSpec
+from cudabox.images.catalog import FLAVORS, FRAMEWORKS, ImageSpec
 from cudabox.errors import DataError
 from cudabox.versions import Arch, CudaVersion, DriverVersion
 

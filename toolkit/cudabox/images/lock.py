@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from cudabox.catalog import Catalog, ImageSpec, load_catalog
+from cudabox.images.catalog import Catalog, ImageSpec, load_catalog
 from cudabox.errors import DataError, ExitCode, Unavailable, UsageError
 from cudabox.output import print_json, progress, table
 

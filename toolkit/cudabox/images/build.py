@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cudabox
-from cudabox.catalog import Catalog, ImageSpec, load_catalog
+from cudabox.images.catalog import Catalog, ImageSpec, load_catalog
 from cudabox.errors import BuildError, DataError, ExitCode, Unavailable, UsageError
-from cudabox.imagefacts import Reported, compare, compare_labels, cudnn_text, labels_for
-from cudabox.lock import INDEX_ENV, WHEELHOUSE_ENV, lock_digest, normalise, parse_lock
+from cudabox.images.labels import Reported, compare, compare_labels, cudnn_text, labels_for
+from cudabox.images.lock import INDEX_ENV, WHEELHOUSE_ENV, lock_digest, normalise, parse_lock
 from cudabox.output import print_json, progress, table
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""Everything about the images cudabox ships: catalog, locks, base, render, build, verify, diff."""
