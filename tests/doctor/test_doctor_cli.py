@@ -12,6 +12,7 @@ import pytest
 
 from cudabox import nvml
 from cudabox.cli import main
+from cudabox.container import EngineDescription
 from cudabox.doctor.gpu_checks import MARKER
 from cudabox.doctor.model import LAYERS, STATUSES
 from cudabox.doctor.run import Doctor, Environment, Options
@@ -113,15 +114,12 @@ class StubEngine:
     uuids: list[str]
     ran: list[tuple[str, bool]] = field(default_factory=list)
 
-    def version(self) -> Mapping[str, Any]:
-        return {
-            "Version": "28.2.2",
-            "ApiVersion": "1.50",
-            "Platform": {"Name": "Docker Engine - Community"},
-        }
-
-    def info(self) -> Mapping[str, Any]:
-        return {"Runtimes": {"runc": {}, "nvidia": {}}}
+    @property
+    def description(self) -> EngineDescription:
+        return EngineDescription.from_answers(
+            {"Version": "28.2.2", "ApiVersion": "1.50", "Platform": {"Name": "Docker Engine"}},
+            {"Runtimes": {"runc": {}, "nvidia": {}}},
+        )
 
     def image(self, ref: str) -> StubImage | None:
         return StubImage()
@@ -164,9 +162,7 @@ class StubEngine:
 def test_gpu_host_through_a_stub_engine(tmp_path: Path) -> None:
     lib = SCENARIOS["healthy"]
     engine = StubEngine([lib.gpus[0].uuid])
-    env = Environment(
-        nvml_lib=lib, connect=lambda: engine, cdi_dirs=[], pci_root=tmp_path, say=lambda _: None
-    )
+    env = Environment(nvml_lib=lib, connect=lambda: engine, pci_root=tmp_path, say=lambda _: None)
     report = Doctor(Options(level="full"), env).run()
     checks = {c.id: c for c in report.checks}
     assert report.image == "torch-2.15-cu132"
@@ -184,9 +180,7 @@ def test_container_missing_a_gpu_fails(tmp_path: Path) -> None:
     second = replace(FakeGpu(), uuid="GPU-second", bus_id="00000000:2A:00.0")
     lib = FakeNvml(gpus=[FakeGpu(), second])  # two GPUs on the host; the container sees one
     engine = StubEngine([lib.gpus[0].uuid])
-    env = Environment(
-        nvml_lib=lib, connect=lambda: engine, cdi_dirs=[], pci_root=tmp_path, say=lambda _: None
-    )
+    env = Environment(nvml_lib=lib, connect=lambda: engine, pci_root=tmp_path, say=lambda _: None)
     checks = {c.id: c for c in Doctor(Options(level="standard"), env).run().checks}
     found = checks["container.gpus"]
     assert found.status == "fail" and "missing GPU-second" in found.message

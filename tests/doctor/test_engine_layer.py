@@ -10,19 +10,15 @@ from typing import Any
 
 import pytest
 
-from cudabox.images.catalog import load_catalog
-from cudabox.doctor import cdi
+from cudabox import cdi
+from cudabox.container import GPU_PASSTHROUGH_FIX as TOOLKIT_FIX
+from cudabox.container import EngineDescription
 from cudabox.doctor.container_layer import gpus_check
-from cudabox.doctor.engine_layer import (
-    TOOLKIT_FIX,
-    EngineAdapter,
-    EngineView,
-    engine_checks,
-    gather,
-)
+from cudabox.doctor.engine_layer import engine_checks
 from cudabox.doctor.model import Check
 from cudabox.engine import Engine
 from cudabox.host import Gpu, HostProfile
+from cudabox.images.catalog import load_catalog
 
 CDI = Path(__file__).parents[1] / "fixtures" / "doctor" / "cdi"
 UUID = "GPU-11111111-2222-3333-4444-555555555555"
@@ -48,8 +44,10 @@ RUNC_ONLY = {
 
 def view(
     info: Mapping[str, Any] = RUNC_ONLY, specs: tuple[cdi.CdiSpec, ...] = (), hook: bool = False
-) -> EngineView:
-    return EngineView(DOCKER_28, info, local=True, hook_found=hook, cdi_specs=specs)
+) -> EngineDescription:
+    return EngineDescription.from_answers(
+        DOCKER_28, info, local=True, nvidia_hook=hook, cdi_specs=specs
+    )
 
 
 def by_id(checks: list[Check]) -> dict[str, Check]:
@@ -134,7 +132,7 @@ def test_gpu_host_whose_engine_cannot_pass_gpus_fails() -> None:
 @pytest.mark.docker
 def test_real_engine_answers_and_cannot_pass_gpus(docker_engine: Any) -> None:
     """Our CI engine has no NVIDIA runtime: the doctor must say so, as a skip on a GPU-less host."""
-    engine_view = gather(EngineAdapter(Engine(docker_engine)), cdi.find_specs())
+    engine_view = Engine(docker_engine).description
     checks = by_id(engine_checks(engine_view, CPU_HOST))
     reachable = checks["engine.reachable"]
     assert reachable.status == "pass"

@@ -8,19 +8,20 @@ from typing import Any
 
 import pytest
 
-from cudabox.images.build import (
+from cudabox.engine import BuildLog, Engine
+from cudabox.errors import BuildError, DataError, Unavailable, UsageError
+from cudabox.images.build import ensure_base
+from cudabox.images.catalog import load_catalog
+from cudabox.images.context import (
     LABELS_MARKER,
     BuildOptions,
     assemble_context,
     build_args,
     dockerfile_with_labels,
-    ensure_base,
-    parse_targets,
     wheel_pin,
 )
-from cudabox.images.catalog import load_catalog
-from cudabox.engine import BuildLog, Engine
-from cudabox.errors import BuildError, DataError, Unavailable, UsageError
+from cudabox.images.targets import resolve_targets as parse_targets
+from cudabox.options import PackageSources
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
 CATALOG = load_catalog(IMAGES / "catalog.toml")
@@ -79,7 +80,7 @@ def test_context_holds_exactly_what_the_build_needs(tmp_path: Path) -> None:
     ca.write_text("-----BEGIN CERTIFICATE-----\nxx\n-----END CERTIFICATE-----\n")
     context = tmp_path / "context"
     context.mkdir()
-    options = BuildOptions(ca_cert=ca, wheelhouse=_fake_wheelhouse(tmp_path))
+    options = BuildOptions(PackageSources(ca_cert=ca, wheelhouses=(_fake_wheelhouse(tmp_path),)))
     assemble_context(spec, context, options)
     files = sorted(p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file())
     assert "build/ca.pem" in files and "build/requirements.txt" in files and "catalog.toml" in files
@@ -105,7 +106,11 @@ def test_a_wheelhouse_lacking_the_local_wheel_is_named(tmp_path: Path) -> None:
     house = tmp_path / "empty"
     house.mkdir()
     with pytest.raises(UsageError, match=r"torch==2\.13\.0\+cpu"):
-        assemble_context(CATALOG.get("torch-2.13-cpu"), tmp_path, BuildOptions(wheelhouse=house))
+        assemble_context(
+            CATALOG.get("torch-2.13-cpu"),
+            tmp_path,
+            BuildOptions(PackageSources(wheelhouses=(house,))),
+        )
 
 
 def test_a_missing_lock_says_how_to_make_it(tmp_path: Path) -> None:
@@ -128,10 +133,11 @@ def test_labels_are_quoted_for_the_dockerfile() -> None:
 def test_build_args() -> None:
     cpu = CATALOG.get("torch-2.13-cpu")
     assert build_args(cpu, BuildOptions())["PIP_EXTRA_INDEX_URL"] == cpu.index_url
-    assert build_args(cpu, BuildOptions(wheelhouse=Path("/w")))["PIP_EXTRA_INDEX_URL"] == ""
+    local = BuildOptions(PackageSources(wheelhouses=(Path("/w"),)))
+    assert build_args(cpu, local)["PIP_EXTRA_INDEX_URL"] == ""
     assert "NVIDIA_REQUIRE_CUDA" not in build_args(cpu, BuildOptions())
     cuda = CATALOG.get("torch-2.15-cu132")
-    args = build_args(cuda, BuildOptions(index_url="https://mirror.example/simple"))
+    args = build_args(cuda, BuildOptions(PackageSources(index_url="https://mirror.example/simple")))
     assert args["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
     assert args["PIP_INDEX_URL"] == "https://mirror.example/simple"
 
@@ -141,7 +147,7 @@ def test_no_engine_is_unavailable_and_names_docker_host(
 ) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     with pytest.raises(Unavailable) as caught:
-        Engine.connect(timeout=5)
+        Engine.connect(read_timeout=5)
     assert "DOCKER_HOST=unix://" in caught.value.message
     assert caught.value.fix is not None and "dockerd" in caught.value.fix
 

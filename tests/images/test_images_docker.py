@@ -14,8 +14,6 @@ import json
 import os
 import shutil
 import ssl
-import subprocess
-import sys
 import time
 import uuid
 import zipfile
@@ -26,13 +24,16 @@ from typing import Any
 
 import pytest
 
-from cudabox.images.base import bootstrap
-from cudabox.images.build import BuildOptions, BuildResult, assemble_context, build_image, verify_image
-from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.engine import BuildLog, Engine
 from cudabox.errors import BuildError
+from cudabox.images.base import bootstrap
+from cudabox.images.build import BuildResult, build_image
+from cudabox.images.catalog import ImageSpec, load_catalog
+from cudabox.images.context import BuildOptions, assemble_context
 from cudabox.images.labels import spec_from_labels
 from cudabox.images.lock import lock_digest
+from cudabox.images.verify import verify_image
+from cudabox.options import PackageSources, read_pip_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -55,20 +56,11 @@ def host_ca_bundle() -> Path | None:
     return None
 
 
-def host_wheelhouse() -> Path | None:
-    """CUDABOX_WHEELHOUSE, else the find-links folder the host's pip is configured with."""
+def host_wheelhouses() -> tuple[Path, ...]:
+    """CUDABOX_WHEELHOUSE, else the find-links folders the host's pip is configured with."""
     if os.environ.get("CUDABOX_WHEELHOUSE"):
-        return Path(os.environ["CUDABOX_WHEELHOUSE"])
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
-    )
-    for line in proc.stdout.splitlines():
-        key, _, value = line.partition("=")
-        if key.endswith("find-links"):
-            folder = Path(value.strip().strip("'\"").split()[0].removeprefix("file://"))
-            if folder.is_dir():
-                return folder
-    return None
+        return (Path(os.environ["CUDABOX_WHEELHOUSE"]),)
+    return read_pip_config().find_links
 
 
 @dataclass
@@ -104,7 +96,7 @@ def torch_cpu(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Itera
     # OpenSSL skips text outside PEM blocks, so the marker rides along without changing trust.
     ca.write_text((host.read_text() if host else "") + f"\n{MARKER}\n")
     spec = CATALOG.get("torch-2.13-cpu")
-    options = BuildOptions(ca_cert=ca, wheelhouse=host_wheelhouse(), quiet=True)
+    options = BuildOptions(PackageSources(ca_cert=ca, wheelhouses=host_wheelhouses()), quiet=True)
     result = build_image(engine, spec, options, tag=f"cudabox-test/torch-cpu:{RUN_ID}")
     yield Built(spec, options, result)
     _remove(engine, result.tag, result.build_stage_id)
@@ -269,7 +261,7 @@ def test_the_build_installs_only_what_the_hashes_allow(
     spec = replace(CATALOG.get("torch-2.13-cpu"), name="cudabox-hash-probe", lock=lock)
     context = tmp_path / "context"
     context.mkdir()
-    assemble_context(spec, context, BuildOptions(wheelhouse=house))
+    assemble_context(spec, context, BuildOptions(PackageSources(wheelhouses=(house,))))
     if case == "missing":
         # cudabox itself refuses a hashless lock (parse_lock); prove pip does too.
         (context / "build" / "requirements.txt").write_text("cudabox-hash-probe==1.0\n")

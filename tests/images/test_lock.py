@@ -74,19 +74,19 @@ def test_compile_args_use_the_image_platform_and_wheelhouse_only_where_needed(
     catalog = load_catalog(IMAGES / "catalog.toml")
     cpu = catalog.get("torch-2.13-cpu")
     cuda = catalog.get("torch-2.15-cu132")
-    args = compile_args(cpu, tmp_path, None)
+    args = compile_args(cpu, (tmp_path,), None)
     assert args[args.index("--python-version") + 1] == "3.11"
     assert args[args.index("--python-platform") + 1] == "x86_64-manylinux_2_28"
     assert "--generate-hashes" in args
     assert args[args.index("--find-links") + 1] == str(tmp_path)
-    assert "--find-links" not in compile_args(cuda, tmp_path, None)
+    assert "--find-links" not in compile_args(cuda, (tmp_path,), None)
     # Without a wheelhouse the +cpu image resolves from its own index.
-    assert cpu.index_url in compile_args(cpu, None, None)
+    assert cpu.index_url in compile_args(cpu, (), None)
 
 
 def test_header_has_no_host_path(tmp_path: Path) -> None:
     cpu = load_catalog(IMAGES / "catalog.toml").get("torch-2.13-cpu")
-    text = header(cpu, compile_args(cpu, tmp_path, None), "torch/requirements/torch-2.13-cpu.in")
+    text = header(cpu, compile_args(cpu, (tmp_path,), None), "torch/requirements/torch-2.13-cpu.in")
     assert str(tmp_path) not in text
     assert "$CUDABOX_WHEELHOUSE" in text
 

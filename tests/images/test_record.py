@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cudabox.images.build import BuildResult, VerifyResult, read_record, record_entry, write_record
+from cudabox.images.build import BuildResult
 from cudabox.images.catalog import load_catalog
 from cudabox.images.lock import lock_digest
+from cudabox.images.record import read_record, record_entry, write_record
+from cudabox.images.verify import VerifyResult
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
 CATALOG = load_catalog(IMAGES / "catalog.toml")

@@ -7,20 +7,27 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cudabox.engine import GpuRequest
+from cudabox.cdi import find_specs
+from cudabox.container import EngineDescription, GpuRequest
 from cudabox.errors import Unavailable, UsageError
 from cudabox.host import HostProfile
 from cudabox.launch import (
+    LaunchOptions,
     choose_image,
     container_spec,
     gpu_request,
-    has_nvidia_cdi,
     parse_gpus,
     podman_ulimits,
 )
+
+PODMAN = EngineDescription.from_answers(
+    {"Components": [{"Name": "Podman Engine", "Version": "4.3.1"}], "Version": "4.3.1"}, {}
+)
+DOCKER = EngineDescription.from_answers({"Components": [{"Name": "Engine"}]}, {})
 
 HOSTS = Path(__file__).parents[1] / "fixtures" / "hosts"
 
@@ -63,12 +70,12 @@ def test_device_requests_for_the_runtime_hook_and_for_cdi() -> None:
 def test_cuda_image_gets_every_visible_gpu_and_cpu_image_none() -> None:
     h100 = choose_image("torch", "auto", cpu=False, require_gpu=False, profile=host("h100"))
     assert h100.image.name == "torch-2.15-cu132"
-    assert gpu_request(h100, None, cpu=False, engine_info={}) == GpuRequest(count=-1)
+    assert gpu_request(h100, None, cpu=False, engine=None) == GpuRequest(count=-1)
     cpu = choose_image("torch", "auto", cpu=True, require_gpu=False, profile=host("h100"))
     assert cpu.image.flavor == "cpu"
-    assert gpu_request(cpu, None, cpu=True, engine_info={}) is None
+    assert gpu_request(cpu, None, cpu=True, engine=None) is None
     with pytest.raises(UsageError, match="contradict"):
-        gpu_request(cpu, "all", cpu=True, engine_info={})
+        gpu_request(cpu, "all", cpu=True, engine=None)
 
 
 def test_hidden_gpus_stay_hidden_in_the_container() -> None:
@@ -78,7 +85,7 @@ def test_hidden_gpus_stay_hidden_in_the_container() -> None:
     gpus = (mixed.gpus[0], replace(mixed.gpus[1], visible=False))
     profile = replace(mixed, gpus=gpus, cuda_visible_devices=mixed.gpus[0].uuid)
     choice = choose_image("torch", "auto", cpu=False, require_gpu=False, profile=profile)
-    assert gpu_request(choice, None, cpu=False, engine_info={}) == GpuRequest(
+    assert gpu_request(choice, None, cpu=False, engine=None) == GpuRequest(
         device_ids=(mixed.gpus[0].uuid or "",)
     )
 
@@ -89,31 +96,33 @@ def test_require_gpu_fails_at_once_without_one() -> None:
     assert "nox -s train-tf-cpu" in (caught.value.fix or "")
 
 
+def has_nvidia_cdi(info: dict[str, Any], folder: Path) -> bool:
+    return EngineDescription.from_answers({}, info, cdi_specs=find_specs([folder])).gpus_through_cdi
+
+
 def test_cdi_specs_are_found_by_their_devices(tmp_path: Path) -> None:
-    assert not has_nvidia_cdi({"CDISpecDirs": [str(tmp_path)]})
+    assert not has_nvidia_cdi({"CDISpecDirs": [str(tmp_path)]}, tmp_path)
     (tmp_path / "nvidia.yaml").write_text(
         "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n- name: all\n"
     )
-    assert has_nvidia_cdi({"CDISpecDirs": [str(tmp_path)]})
-    assert not has_nvidia_cdi({})
+    assert has_nvidia_cdi({"CDISpecDirs": [str(tmp_path)]}, tmp_path)
+    assert not has_nvidia_cdi({}, tmp_path)
 
 
 def test_podman_never_silently_drops_the_gpus() -> None:
     from cudabox.launch import refuse_podman_gpus
 
-    podman = {"_version": {"Components": [{"Name": "Podman Engine", "Version": "4.3.1"}]}}
     with pytest.raises(Unavailable, match="ignores GPU requests") as caught:
-        refuse_podman_gpus(podman, GpuRequest(count=-1))
+        refuse_podman_gpus(PODMAN, GpuRequest(count=-1))
     assert "--cpu" in (caught.value.fix or "")
-    refuse_podman_gpus(podman, None)  # no GPUs asked for: fine
-    refuse_podman_gpus({"_version": {"Components": [{"Name": "Engine"}]}}, GpuRequest(count=-1))
+    refuse_podman_gpus(PODMAN, None)  # no GPUs asked for: fine
+    refuse_podman_gpus(DOCKER, GpuRequest(count=-1))
 
 
 def test_podman_gets_explicit_ulimits() -> None:
-    podman = {"_version": {"Components": [{"Name": "Podman Engine", "Version": "4.3.1"}]}}
-    names = [name for name, _, _ in podman_ulimits(podman)]
+    names = [limit.name for limit in podman_ulimits(PODMAN)]
     assert names == ["nofile", "nproc"]
-    assert podman_ulimits({"_version": {"Components": [{"Name": "Engine"}]}}) == ()
+    assert podman_ulimits(DOCKER) == ()
 
 
 def test_container_spec_maps_the_caller_and_the_workdir(
@@ -121,8 +130,8 @@ def test_container_spec_maps_the_caller_and_the_workdir(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     choice = choose_image("torch", "auto", cpu=True, require_gpu=False, profile=host("cpu-only"))
-    args = argparse.Namespace(env=["SEED=3"], label=["team=vision"], shm_size="4g")
-    spec = container_spec(choice, ["python", "train.py"], args, None, ())
+    options = LaunchOptions(env={"SEED": "3"}, labels={"team": "vision"}, workspace=tmp_path)
+    spec = container_spec(choice, ["python", "train.py"], options, None, ())
     cli = spec.docker_cli()
     assert cli[:3] == ["docker", "run", "--rm"]
     assert "--init" in cli and f"{tmp_path}:/workspace" in cli
@@ -130,9 +139,13 @@ def test_container_spec_maps_the_caller_and_the_workdir(
     assert "SEED=3" in cli and "team=vision" in cli
     assert cli[-3:] == ["cudabox/torch-2.13-cpu:latest", "python", "train.py"]
     with pytest.raises(UsageError, match="KEY=VALUE"):
-        container_spec(
-            choice, ["true"], argparse.Namespace(env=["oops"], label=[], shm_size="1g"), None, ()
-        )
+        LaunchOptions.from_args(run_args("--env", "oops"))
+
+
+def run_args(*words: str) -> argparse.Namespace:
+    from cudabox.cli import build_parser
+
+    return build_parser().parse_args(["run", *words])
 
 
 def cudabox(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,28 +1,28 @@
-"""The `cudabox` command line. Each feature module adds its subcommands through `register()`."""
+"""The `cudabox` command line.
+
+Every command's arguments are declared here, and its handler ("module:function") is imported
+only when that command runs, so `cudabox probe` does not pay for Docker, builds or the doctor.
+Handlers turn the parsed arguments into typed options at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cudabox import __version__
-from cudabox.images.catalog import FRAMEWORKS, Catalog, load_catalog
-from cudabox.errors import CudaboxError, ExitCode, NoImageFits
-from cudabox.host import HostProfile
-from cudabox.output import print_json, table
-from cudabox.resolver import Flavor, Selection, select
+from cudabox.errors import CudaboxError, DiskFull, ExitCode
 
-# Feature modules; each exposes register(subparsers). Kept apart so that each owns its command.
-FEATURE_MODULES = (
-    "cudabox.images.base",
-    "cudabox.images.build",
-    "cudabox.images.lock",
-    "cudabox.launch",
-    "cudabox.doctor",
-    "cudabox.report",
+FRAMEWORKS = ("torch", "tensorflow")  # the catalog checks its own copy on load
+LEVELS = ("quick", "standard", "full")
+DEFAULT_SHM = "4g"
+BUILD_TARGETS_HELP = (
+    "catalog image name, FRAMEWORK:FLAVOR (newest of the kind, e.g. torch:cuda) or all"
 )
 
 
@@ -33,43 +33,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"cudabox: error: {message}\n  fix: see `{self.prog} --help`\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cudabox", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"cudabox {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    probe = sub.add_parser("probe", help="read the host's NVIDIA driver and GPUs through NVML")
-    probe.add_argument("--json", action="store_true", help="print the host profile as JSON")
-    probe.set_defaults(func=cmd_probe)
-
-    sel = sub.add_parser(
-        "select", help="pick the catalog image that fits this host (or the hosts given)"
-    )
-    add_selection_args(sel)
-    sel.add_argument(
-        "--local",
-        action="store_true",
-        help="also judge images on the container engine (built or pulled) from their labels",
-    )
-    sel.add_argument("--json", action="store_true", help="print every verdict as JSON")
-    sel.set_defaults(func=cmd_select)
-
-    images = sub.add_parser("images", help="list the catalog")
-    images.add_argument("--json", action="store_true")
-    images.set_defaults(func=cmd_images)
-
-    for name in FEATURE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
-    return parser
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    handler: str  # "module:function", imported when the command runs
+    arguments: Callable[[argparse.ArgumentParser], None]
+    description: str | None = None
 
 
-def add_selection_args(parser: argparse.ArgumentParser, framework_required: bool = True) -> None:
+# ---- arguments, per command ---------------------------------------------------------------------
+
+
+def _json_flag(parser: argparse.ArgumentParser, help: str = "print the result as JSON") -> None:
+    parser.add_argument("--json", action="store_true", help=help)
+
+
+def _probe_args(parser: argparse.ArgumentParser) -> None:
+    _json_flag(parser, "print the host profile as JSON")
+
+
+def _selection_args(parser: argparse.ArgumentParser, framework_required: bool = True) -> None:
     parser.add_argument(
         "--framework", choices=FRAMEWORKS, required=framework_required, default="torch"
     )
@@ -84,150 +68,402 @@ def add_selection_args(parser: argparse.ArgumentParser, framework_required: bool
     )
 
 
-def hosts_from_args(files: Sequence[Path]) -> list[HostProfile]:
-    if files:
-        return [HostProfile.load(path) for path in files]
-    from cudabox.nvml import probe
-
-    return [probe()]
-
-
-def selection_from_args(args: argparse.Namespace) -> Selection:
-    flavor: Flavor = args.flavor
-    catalog = load_catalog()
-    if getattr(args, "local", False):
-        catalog = with_local_images(catalog)
-    return select(catalog, hosts_from_args(args.host), args.framework, flavor)
-
-
-def with_local_images(catalog: Catalog) -> Catalog:
-    """The catalog plus the engine's cudabox-labelled images that it does not already name."""
-    from dataclasses import replace
-
-    from cudabox.engine import Engine
-    from cudabox.images.labels import spec_from_labels
-
-    known = {image.tag for image in catalog.images}
-    extra = []
-    with Engine.connect() as engine:
-        for info in engine.images_with_label("cudabox.image"):
-            tag = info.tags[0]
-            if tag in known:
-                continue
-            try:
-                spec = spec_from_labels(info.labels, tag)
-            except CudaboxError as exc:
-                print(f"cudabox: skipping {tag}: {exc.message}", file=sys.stderr)
-                continue
-            extra.append(replace(spec, name=f"{spec.name}@{tag}", tag=tag))
-    return replace(catalog, images=(*catalog.images, *extra))
+def _registry_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry",
+        metavar="REPO",
+        default=None,
+        help="a registry repository prefix such as ghcr.io/org/cudabox (default: $CUDABOX_REGISTRY "
+        "where the command needs one)",
+    )
+    parser.add_argument(
+        "--tag", default="latest", help="the tag to read in the registry (default: latest)"
+    )
+    parser.add_argument(
+        "--registry-ca",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="CA bundle for a registry with a private certificate",
+    )
 
 
-def cmd_probe(args: argparse.Namespace) -> int:
-    from cudabox.nvml import probe
-
-    profile = probe()
-    if args.json:
-        print_json(profile.to_json())
-    else:
-        print(render_profile(profile))
-    if profile.status == "error":
-        return ExitCode.UNAVAILABLE
-    return ExitCode.OK
+def _select_args(parser: argparse.ArgumentParser) -> None:
+    _selection_args(parser)
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="also judge images on the container engine (built or pulled) from their labels",
+    )
+    _registry_args(parser)
+    _json_flag(parser, "print every verdict as JSON")
 
 
-def render_profile(profile: HostProfile) -> str:
-    lines = [
-        f"host:    {profile.name}",
-        f"driver:  {profile.driver_version or '-'}  (CUDA {profile.cuda_driver_version or '-'})",
-    ]
-    if profile.status != "ok" or profile.message:
-        lines.append(f"status:  {profile.status}: {profile.message}")
-        if profile.fix:
-            lines.append(f"fix:     {profile.fix}")
-    if profile.gpus:
-        rows = []
-        for g in profile.gpus:
-            mig = f"on ({len(g.mig_devices)} instances)" if g.mig_enabled else "off"
-            memory = f"{g.memory_total_mib} MiB" if g.memory_total_mib is not None else "-"
-            rows.append(
-                [
-                    g.index,
-                    g.name or f"error: {g.error}",
-                    g.compute_capability or "-",
-                    memory,
-                    mig,
-                    "yes" if g.visible else "no",
-                ]
-            )
-        lines += ["", table(["GPU", "name", "CC", "memory", "MIG", "visible"], rows)]
-    return "\n".join(lines)
+def _images_args(parser: argparse.ArgumentParser) -> None:
+    _json_flag(parser)
 
 
-def cmd_select(args: argparse.Namespace) -> int:
-    selection = selection_from_args(args)
-    if args.json:
-        print_json(selection.to_json())
-    else:
-        print(render_selection(selection))
-    if selection.selected is None:
-        if not args.json:
-            raise NoImageFits(selection.message or "no image fits", selection.fix)
-        return ExitCode.NO_FIT
-    return ExitCode.OK
+def _base_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="rebuild even when the tag exists")
+    parser.add_argument(
+        "--no-pull", action="store_true", help="bootstrap without trying the registry first"
+    )
+    _json_flag(parser)
 
 
-def render_selection(selection: Selection) -> str:
-    fleet = len(selection.hosts) > 1
-    rows = []
-    for verdict in selection.verdicts:
-        mark = "fits" if verdict.fits else "no"
-        why = "; ".join(r.render(fleet) for r in verdict.reasons) or "-"
-        rows.append(
-            [verdict.image.name, verdict.image.flavor, str(verdict.image.cuda or "-"), mark, why]
-        )
-    text = table(["image", "flavor", "CUDA", "fits", "reasons"], rows)
-    if selection.selected:
-        text += f"\n\nselected: {selection.selected.name} ({selection.selected.tag})"
-    return text
+def _source_args(parser: argparse.ArgumentParser) -> None:
+    """Where packages come from: the same flags for lock and build."""
+    parser.add_argument(
+        "--ca-cert", metavar="FILE", help="extra CA bundle (build stage only) ($CUDABOX_CA_CERT)"
+    )
+    parser.add_argument(
+        "--index-url", metavar="URL", help="pip index (a mirror) ($CUDABOX_INDEX_URL)"
+    )
+    parser.add_argument(
+        "--wheelhouse",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="a folder of wheels the locks may need; repeat for several ($CUDABOX_WHEELHOUSE)",
+    )
+    parser.add_argument(
+        "--host-pip",
+        action="store_true",
+        help="take missing CA/index/wheelhouse settings from this host's pip config "
+        "($CUDABOX_HOST_PIP=1)",
+    )
 
 
-def cmd_images(args: argparse.Namespace) -> int:
-    catalog = load_catalog()
-    if args.json:
-        print_json(
-            [
-                {
-                    "name": i.name,
-                    "framework": i.framework,
-                    "framework_version": i.framework_version,
-                    "flavor": i.flavor,
-                    "cuda": str(i.cuda) if i.cuda else None,
-                    "cudnn": i.cudnn,
-                    "sass_archs": [str(a) for a in i.sass_archs],
-                    "ptx_archs": [str(a) for a in i.ptx_archs],
-                    "min_driver": str(i.min_driver) if i.min_driver else None,
-                    "tag": i.tag,
-                }
-                for i in catalog.images
-            ]
-        )
-        return ExitCode.OK
-    rows = [
-        [
-            i.name,
-            i.framework_version,
-            i.flavor,
-            str(i.cuda or "-"),
-            i.cudnn or "-",
-            " ".join(str(a) for a in i.sass_archs) or "-",
-            " ".join(str(a) for a in i.ptx_archs) or "-",
-            str(i.min_driver or "-"),
-        ]
-        for i in catalog.images
-    ]
-    print(table(["image", "version", "flavor", "CUDA", "cuDNN", "SASS", "PTX", "min driver"], rows))
-    return ExitCode.OK
+def _lock_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "targets", nargs="*", metavar="TARGET", help=BUILD_TARGETS_HELP + " (default: all)"
+    )
+    _source_args(parser)
+    _json_flag(parser)
+
+
+def _build_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("targets", nargs="+", metavar="TARGET", help=BUILD_TARGETS_HELP)
+    _source_args(parser)
+    parser.add_argument("--no-cache", action="store_true", help="build every step afresh")
+    _json_flag(parser)
+
+
+def _build_args(parser: argparse.ArgumentParser) -> None:
+    _build_common(parser)
+    parser.add_argument("--no-verify", action="store_true", help="skip the proof-of-contents check")
+
+
+def _verify_args(parser: argparse.ArgumentParser) -> None:
+    _build_common(parser)
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="write what each image reported to FILE (images/verified.json)",
+    )
+    parser.add_argument(
+        "--remove-after",
+        action="store_true",
+        help="remove each image once verified (CUDA images are ~6 GB); a failing one is kept",
+    )
+    parser.add_argument(
+        "--gpus", action="store_true", help="give the containers the host's GPUs (the GPU units)"
+    )
+
+
+def _render_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "targets", nargs="*", metavar="TARGET", help=BUILD_TARGETS_HELP + " (default: all)"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 naming each committed Dockerfile that is not current",
+    )
+
+
+def _diff_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("a", metavar="A", help="an image on the engine (name or ID)")
+    parser.add_argument("b", metavar="B", help="the image to compare it with")
+    _json_flag(parser)
+
+
+def _publish_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("targets", nargs="+", metavar="TARGET", help=BUILD_TARGETS_HELP)
+    _registry_args(parser)
+    _source_args(parser)
+    _json_flag(parser, "print the pushed references and digests as JSON")
+
+
+def _pull_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help=BUILD_TARGETS_HELP + " (default: the image that fits this host)",
+    )
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="torch")
+    parser.add_argument("--flavor", choices=("auto", "cuda", "cpu"), default="auto")
+    _registry_args(parser)
+    _json_flag(parser)
+
+
+def _container_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", default="auto", help="a catalog image name, or auto (default)")
+    parser.add_argument(
+        "--gpus",
+        default=None,
+        help="all, a count, or device ids/UUIDs (default: every visible GPU)",
+    )
+    parser.add_argument("--cpu", action="store_true", help="use the CPU image and pass no GPU")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would run (the docker command, or the job script) and stop",
+    )
+    parser.add_argument(
+        "--no-build", action="store_true", help="fail instead of building a missing image"
+    )
+    parser.add_argument(
+        "--shm-size", default=DEFAULT_SHM, help=f"size of /dev/shm (default {DEFAULT_SHM})"
+    )
+    parser.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--ulimit",
+        action="append",
+        default=[],
+        metavar="NAME=SOFT[:HARD]",
+        help="container rlimits (-1: unlimited)",
+    )
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the host folder mounted at /workspace (default: the current one; / only if named)",
+    )
+    _registry_args(parser)
+    group = parser.add_argument_group("several processes or nodes (torchrun)")
+    group.add_argument(
+        "--nproc-per-node", type=int, default=1, metavar="N", help="processes per node (torchrun)"
+    )
+    group.add_argument(
+        "--nnodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="nodes taking part (one cudabox per node)",
+    )
+    group.add_argument(
+        "--rdzv-endpoint", default=None, metavar="HOST:PORT", help="where the nodes meet (c10d)"
+    )
+    group.add_argument("--rdzv-id", default=None, metavar="ID", help="the job's rendezvous id")
+    sched = parser.add_argument_group("on a cluster")
+    sched.add_argument(
+        "--scheduler",
+        choices=("none", "slurm", "k8s"),
+        default="none",
+        help="submit to Slurm or Kubernetes instead of running here",
+    )
+    sched.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes for the job")
+    sched.add_argument(
+        "--gpus-per-node", type=int, default=None, metavar="G", help="GPUs per node (cluster jobs)"
+    )
+    sched.add_argument(
+        "--launcher",
+        choices=("auto", "pyxis", "apptainer", "cudabox"),
+        default="auto",
+        help="Slurm: how each node starts the image (default: what the cluster has)",
+    )
+    sched.add_argument("--partition", default=None, help="Slurm partition")
+    sched.add_argument("--time", default=None, metavar="LIMIT", help="Slurm time limit")
+    sched.add_argument(
+        "--k8s-kind",
+        choices=("job", "jobset", "trainjob"),
+        default="job",
+        help="Kubernetes: an Indexed Job (default), a JobSet, or a Kubeflow TrainJob",
+    )
+    sched.add_argument("--namespace", default=None, help="Kubernetes namespace")
+    sched.add_argument(
+        "--node-host",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="host profiles of the cluster's nodes (`cudabox probe --json`), to choose the image",
+    )
+
+
+def _run_args(parser: argparse.ArgumentParser) -> None:
+    _container_args(parser)
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="torch")
+    parser.add_argument(
+        "command", nargs="*", help="the command; put it after -- when it has options"
+    )
+
+
+def _train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("framework", choices=FRAMEWORKS)
+    parser.add_argument(
+        "--here", action="store_true", help="run in this Python, without a container"
+    )
+    parser.add_argument(
+        "--require-gpu",
+        action="store_true",
+        help="fail at once unless a usable GPU is visible (never train on the CPU)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="checkpoints and metrics (default: runs/FRAMEWORK)"
+    )
+    _json_flag(parser, "print the summary as JSON")
+    _container_args(parser)
+
+
+def _doctor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="torch")
+    parser.add_argument(
+        "--image",
+        default="auto",
+        metavar="NAME|auto",
+        help="catalog image to check (default: the one `cudabox select` picks)",
+    )
+    parser.add_argument("--level", choices=LEVELS, default="standard")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="write the report as JSON ('-' for stdout)"
+    )
+    parser.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
+    parser.add_argument(
+        "--here",
+        action="store_true",
+        help="run the host, framework, performance and training layers in this Python, without an engine",
+    )
+
+
+def _report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="doctor JSON reports")
+    parser.add_argument(
+        "--framework",
+        choices=FRAMEWORKS,
+        default=None,
+        help="framework for the image choice (default: the one the reports were made for)",
+    )
+    parser.add_argument("--all", action="store_true", help="list every check, not only problems")
+    _json_flag(parser, "print the fleet view as JSON")
+
+
+COMMANDS = (
+    Command(
+        "probe",
+        "read the host's NVIDIA driver and GPUs through NVML",
+        "cudabox.commands:cmd_probe",
+        _probe_args,
+    ),
+    Command(
+        "select",
+        "pick the image that fits this host (or the hosts given)",
+        "cudabox.commands:cmd_select",
+        _select_args,
+    ),
+    Command("images", "list the catalog", "cudabox.commands:cmd_images", _images_args),
+    Command(
+        "base",
+        "make the base image available: pull, else bootstrap from Debian packages",
+        "cudabox.images.base:cmd_base",
+        _base_args,
+    ),
+    Command(
+        "lock",
+        "regenerate the hash-locked requirements of catalog images",
+        "cudabox.images.lock:cmd_lock",
+        _lock_args,
+    ),
+    Command(
+        "render",
+        "write each image's Dockerfile from the template and its lock",
+        "cudabox.images.render:cmd_render",
+        _render_args,
+    ),
+    Command(
+        "build",
+        "build catalog images and check what is inside them",
+        "cudabox.images.build:cmd_build",
+        _build_args,
+    ),
+    Command(
+        "verify",
+        "check that images hold what the catalog says (building them if missing)",
+        "cudabox.images.build:cmd_verify",
+        _verify_args,
+    ),
+    Command(
+        "diff",
+        "compare two images: shared layers, changed distributions and files",
+        "cudabox.images.diff:cmd_diff",
+        _diff_args,
+    ),
+    Command(
+        "publish",
+        "push built and verified images to a registry",
+        "cudabox.images.publish:cmd_publish",
+        _publish_args,
+    ),
+    Command(
+        "pull",
+        "pull images from a registry by digest, after judging them there",
+        "cudabox.images.publish:cmd_pull",
+        _pull_args,
+    ),
+    Command(
+        "run",
+        "run a command in the image that fits this host, GPUs wired in",
+        "cudabox.launch:cmd_run",
+        _run_args,
+        "Run COMMAND in the matching image with the current directory at /workspace.",
+    ),
+    Command(
+        "train",
+        "run the smoke training workload (in its image, or --here)",
+        "cudabox.launch:cmd_train",
+        _train_args,
+        "Train the smoke workload and print a summary; extra workload options after --.",
+    ),
+    Command(
+        "doctor",
+        "check that training will work here: host, engine, container, framework, speed",
+        "cudabox.doctor:cmd_doctor",
+        _doctor_args,
+        "Validate this machine's driver/CUDA setup end to end. Levels: quick = host + engine (seconds); "
+        "standard = + container, framework, performance (about two minutes); full = + a short training run. "
+        "Exit 0 all pass (warnings too, unless --strict), 1 a check failed, 2 usage error, 4 could not run.",
+    ),
+    Command(
+        "report",
+        "combine doctor reports (one per node) into one fleet table",
+        "cudabox.report:cmd_report",
+        _report_args,
+        "Read `cudabox doctor --json FILE` reports, one per node: which node fails which check, and which image "
+        "fits every node. Exit 1 when a node has a failing check, 3 when no image fits every node.",
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cudabox", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cudabox {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for command in COMMANDS:
+        child = sub.add_parser(command.name, help=command.help, description=command.description)
+        command.arguments(child)
+        child.set_defaults(handler=command.handler)
+    return parser
+
+
+def handler(reference: str) -> Callable[[argparse.Namespace], int]:
+    module, _, function = reference.partition(":")
+    found: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), function)
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,7 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     args.rest = rest
     try:
-        return int(args.func(args))
+        code = int(handler(args.handler)(args))
+        sys.stdout.flush()
+        return code
     except CudaboxError as exc:
         print(exc.render(), file=sys.stderr)
         return int(exc.exit_code)
@@ -250,3 +488,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
         return int(ExitCode.OK)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            error = DiskFull(
+                f"no space left on the device while writing ({exc.filename or 'output'})",
+                "free disk space, or write the output elsewhere",
+            )
+            print(error.render(), file=sys.stderr)
+            return int(error.exit_code)
+        raise

@@ -1,8 +1,8 @@
 """The container engine adapter: the only module that imports the Docker SDK for Python.
 
-Everything else in cudabox talks to Docker (or Podman's Docker-compatible socket) through
-`Engine`, which turns the SDK's exceptions into cudabox errors with a fix. Import this module
-lazily (inside functions): the images carry cudabox but not the Docker SDK.
+Docker, and Podman through its Docker-compatible socket, are one `Engine`: it is read once into an
+`EngineDescription` (cudabox.container) and turns the SDK's exceptions into cudabox errors with a
+fix. Import this module lazily (inside functions): the images carry cudabox but not the SDK.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +27,33 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
-from cudabox.errors import BuildError, CudaboxError, Unavailable
+from cudabox import cdi
+from cudabox.container import (
+    MANAGED_LABEL,
+    BuildOutcome,
+    ContainerSpec,
+    EngineDescription,
+    GpuRequest,
+    ImageInfo,
+    RunResult,
+    gpu_refusal,
+)
+from cudabox.errors import BuildError, CudaboxError, DiskFull, EngineError, Unavailable
 
-# Every container cudabox starts carries this label, so leftovers can be found and removed.
-MANAGED_LABEL = "cudabox.managed"
 _STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _LAYER_RE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+_NO_SPACE = re.compile(r"no space left on device", re.IGNORECASE)
+
+# An engine that accepts the connection and never answers must not hang cudabox: the first
+# answer (version negotiation, ping) has this long; later calls get the caller's read timeout.
+CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 120.0
+HOOK = "nvidia-container-runtime-hook"  # Docker registers its "nvidia" GPU driver when this exists
 
 Progress = Callable[[str], None]
 
 
-def _engine_address() -> str:
+def engine_address() -> str:
     host = os.environ.get("DOCKER_HOST")
     return (
         f"DOCKER_HOST={host}"
@@ -44,34 +62,17 @@ def _engine_address() -> str:
     )
 
 
-_START_FIX = (
+def is_local_engine(env: Mapping[str, str] | None = None) -> bool:
+    """DOCKER_HOST unset or a unix socket: the daemon shares this machine's filesystem."""
+    host = (os.environ if env is None else env).get("DOCKER_HOST", "")
+    return host == "" or host.startswith("unix://")
+
+
+START_FIX = (
     "start a Docker engine (`sudo systemctl start docker`, or `dockerd &` where systemd does not run), "
     "or point DOCKER_HOST at one that runs (Podman: `podman system service --time=0 unix:///PATH.sock` "
     "and DOCKER_HOST=unix:///PATH.sock)"
 )
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    id: str
-    tags: tuple[str, ...]
-    size: int  # bytes, as the engine reports it (all layers)
-    labels: dict[str, str]
-    env: dict[str, str]
-    user: str
-    created: str
-
-
-@dataclass(frozen=True)
-class RunResult:
-    exit_code: int | None  # None when the container was killed at the timeout
-    output: str  # stdout and stderr, interleaved as the engine kept them
-    seconds: float
-    timed_out: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
 
 
 @dataclass
@@ -89,27 +90,31 @@ class BuildLog:
 
 
 @dataclass(frozen=True)
-class BuildOutcome:
-    image_id: str
-    layers: tuple[tuple[str, str], ...]  # (instruction, image id) per step, stages included
-    cached_steps: int
+class TransferEvent:
+    """One progress answer of a push or pull: a layer's state and its bytes so far."""
+
+    layer: str | None  # short layer id; None for messages about the whole image
+    status: str  # "Pulling fs layer", "Downloading", "Pushed", "Already exists", ...
+    current: int | None = None
+    total: int | None = None
 
 
 class Engine:
-    """A connected container engine. Create it with `Engine.connect()`."""
+    """A connected container engine. Create it with `Engine.connect()`; it is a context manager."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
 
     @classmethod
-    def connect(cls, timeout: int = 600) -> Engine:
+    def connect(cls, read_timeout: float = DEFAULT_READ_TIMEOUT_S) -> Engine:
         try:
-            client = docker.from_env(timeout=timeout)
+            client = docker.from_env(timeout=int(CONNECT_TIMEOUT_S))
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise Unavailable(
-                f"no container engine answers ({_engine_address()}): {_short(exc)}", _START_FIX
+                f"no container engine answers ({engine_address()}): {_short(exc)}", START_FIX
             ) from None
+        client.api.timeout = read_timeout
         return cls(client)
 
     def close(self) -> None:
@@ -120,6 +125,22 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @cached_property
+    def description(self) -> EngineDescription:
+        """The engine's kind, version, runtimes and CDI specs, read once."""
+        with _wrapped("read the engine's version and info"):
+            version = self.client.version()
+            info = self.client.info()
+        local = is_local_engine()
+        folders = [Path(d) for d in info.get("CDISpecDirs") or ()] or list(cdi.DEFAULT_DIRS)
+        return EngineDescription.from_answers(
+            version,
+            info,
+            local=local,
+            nvidia_hook=local and shutil.which(HOOK) is not None,
+            cdi_specs=cdi.find_specs(folders) if local else (),
+        )
 
     # ---- images -------------------------------------------------------------------------
 
@@ -140,17 +161,9 @@ class Engine:
             env=env,
             user=config.get("User") or "",
             created=attrs.get("Created", ""),
+            diff_ids=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
+            repo_digests=tuple(attrs.get("RepoDigests") or ()),
         )
-
-    def info(self) -> dict[str, Any]:
-        """`docker info`: runtimes, CDI spec folders, storage driver, ..."""
-        with _wrapped("read the engine's info"):
-            return dict(self.client.info())
-
-    def version(self) -> dict[str, Any]:
-        """`docker version`: the engine's components (Docker Engine, or Podman Engine)."""
-        with _wrapped("read the engine's version"):
-            return dict(self.client.version())
 
     def images_with_label(self, label: str) -> list[ImageInfo]:
         """Every tagged image carrying `label` (e.g. the ones cudabox built, or pulled)."""
@@ -181,19 +194,86 @@ class Engine:
                 return False
         return True
 
-    def image_tarball(self, ref: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """The image as `docker save` writes it (every layer, uncompressed), in chunks."""
-        with _wrapped(f"save {ref}"):
-            yield from self.client.api.get_image(ref, chunk_size=chunk_size)
+    def tag(self, ref: str, target: str) -> None:
+        repository, tag = split_ref(target)
+        with _wrapped(f"tag {ref} as {target}"):
+            self.client.api.tag(ref, repository, tag=tag)
 
-    def pull(self, ref: str, progress: Progress | None = None) -> None:
+    def image_tarball(self, *refs: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The images as `docker save` writes them (layers shared between them once), in chunks."""
+        with _wrapped(f"save {' '.join(refs)}"):
+            response = self.client.api._get(
+                self.client.api._url("/images/get"),
+                params={"names": list(refs)},
+                stream=True,
+                timeout=None,
+            )
+            self.client.api._raise_for_status(response)
+            yield from response.iter_content(chunk_size=chunk_size)
+
+    def pull(
+        self,
+        ref: str,
+        progress: Progress | None = None,
+        events: Callable[[TransferEvent], None] | None = None,
+    ) -> None:
+        """Pull `ref` (a tag or REPO@sha256:...): `progress` gets messages, `events` per-layer state."""
         repository, tag = split_ref(ref)
-        with _wrapped(f"pull {ref}"):
-            for event in self.client.api.pull(repository, tag=tag, stream=True, decode=True):
-                if "error" in event:
-                    raise docker.errors.APIError(event["error"])
-                if progress and event.get("status") and "id" not in event:
-                    progress(str(event["status"]))
+        self._transfer(
+            f"pull {ref}",
+            self.client.api.pull(repository, tag=tag, stream=True, decode=True),
+            progress,
+            events,
+        )
+
+    def push(
+        self,
+        ref: str,
+        progress: Progress | None = None,
+        events: Callable[[TransferEvent], None] | None = None,
+    ) -> str | None:
+        """Push `ref`; returns the manifest digest the registry answered (sha256:...)."""
+        repository, tag = split_ref(ref)
+        return self._transfer(
+            f"push {ref}",
+            self.client.api.push(repository, tag=tag, stream=True, decode=True),
+            progress,
+            events,
+        )
+
+    def _transfer(
+        self,
+        action: str,
+        stream: Iterator[Mapping[str, Any]],
+        progress: Progress | None,
+        events: Callable[[TransferEvent], None] | None,
+    ) -> str | None:
+        digest = None
+        with _wrapped(action):
+            for event in stream:
+                if "error" in event or "errorDetail" in event:
+                    detail = event.get("errorDetail") or {}
+                    raise docker.errors.APIError(str(detail.get("message") or event.get("error")))
+                aux = event.get("aux")
+                if isinstance(aux, Mapping) and "Digest" in aux:
+                    digest = str(aux["Digest"])
+                status = str(event.get("status") or "")
+                found = re.search(r"digest: (sha256:[0-9a-f]{64})", status)
+                if found:
+                    digest = found[1]
+                if events is not None and status:
+                    detail = event.get("progressDetail") or {}
+                    events(
+                        TransferEvent(
+                            layer=event.get("id") if "id" in event else None,
+                            status=status,
+                            current=detail.get("current"),
+                            total=detail.get("total"),
+                        )
+                    )
+                if progress and status and "id" not in event:
+                    progress(status)
+        return digest
 
     def import_tarball(self, tarball: Path, ref: str, changes: Sequence[str] = ()) -> str:
         """`docker import`: a root filesystem tarball becomes the image `ref`; returns its id."""
@@ -227,7 +307,7 @@ class Engine:
         naming the step, with the tail of its output; pass `log` to keep the layers made so far.
         """
         log = log if log is not None else BuildLog()
-        with _wrapped(f"build {tag}"):
+        with _wrapped(f"build {tag}", building=True):
             events = self.client.api.build(
                 path=str(context),
                 tag=tag,
@@ -253,10 +333,13 @@ class Engine:
             message = str(detail.get("message") or event.get("error") or "unknown error").strip()
             tail = "\n".join(log.step_output[-40:])
             failed = log.step or "(before the first step)"
-            raise BuildError(
+            error_class = DiskFull if _NO_SPACE.search(message) else BuildError
+            raise error_class(
                 f"build step {failed} failed: {message}"
                 + (f"\n--- output of the step ---\n{tail}" if tail else ""),
-                "read the step's output above; a network error inside the build often needs --ca-cert, --index-url or --wheelhouse",
+                "free disk space for the engine (`docker image prune`, remove images you no longer need)"
+                if error_class is DiskFull
+                else "read the step's output above; a network error inside the build often needs --ca-cert, --index-url or --wheelhouse",
             )
         aux = event.get("aux")
         if isinstance(aux, dict) and "ID" in aux:
@@ -293,7 +376,7 @@ class Engine:
             if progress:
                 progress(line)
 
-    # ---- short-lived containers ------------------------------------------------------------
+    # ---- containers -----------------------------------------------------------------------
 
     def run(
         self,
@@ -346,13 +429,32 @@ class Engine:
                 container.remove(force=True)
         return RunResult(exit_code, output, time.monotonic() - started, timed_out)
 
+    @contextmanager
+    def started(self, spec: ContainerSpec) -> Iterator[_Running]:
+        """A started container for `spec`, removed when the block ends, whatever happens.
+
+        The engine also removes it on its own when it exits (auto-remove), so even a launcher
+        killed with SIGKILL leaves nothing once the command ends.
+        """
+        running = _start(self, spec)
+        try:
+            yield running
+        finally:
+            running.remove()
+
     def containers_with_label(self, label: str) -> list[str]:
         with _wrapped("list containers"):
             return [c.name for c in self.client.containers.list(all=True, filters={"label": label})]
 
 
 def split_ref(ref: str) -> tuple[str, str]:
-    """'python:3.11-slim' -> ('python', '3.11-slim'); a ref without a tag means 'latest'."""
+    """'python:3.11-slim' -> ('python', '3.11-slim'); 'r/x@sha256:..' -> ('r/x', 'sha256:..').
+
+    A ref without a tag means 'latest'. The SDK takes a digest in the tag argument.
+    """
+    if "@" in ref:
+        name, _, digest = ref.partition("@")
+        return name, digest
     name, sep, tag = ref.rpartition(":")
     if not sep or "/" in tag:
         return ref, "latest"
@@ -386,148 +488,71 @@ def _short(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-_NO_GPU_RUNTIME = re.compile(
-    r"could not select device driver|unknown or invalid runtime name: nvidia"
-)
-_CDI_UNRESOLVED = re.compile(r"unresolvable CDI devices|CDI device injection failed")
-GPU_PASSTHROUGH_FIX = (
-    "install the NVIDIA Container Toolkit and register it with the engine "
-    "(`sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker`), "
-    "or generate a CDI spec (`sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`); "
-    "or run on the CPU with --cpu"
-)
-
-
-def _gpu_refusal(text: str) -> Unavailable | None:
-    """The engine's answer to a GPU request it cannot serve, as a diagnosis with the fix."""
-    if _NO_GPU_RUNTIME.search(text):
-        return Unavailable(
-            f"the container engine cannot pass GPUs to containers: {text.strip()}",
-            GPU_PASSTHROUGH_FIX,
-        )
-    if _CDI_UNRESOLVED.search(text):
-        return Unavailable(
-            f"the engine's CDI specs do not provide the GPUs asked for: {text.strip()}",
-            "regenerate the spec after a driver change: `sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`",
-        )
-    return None
-
-
 @contextmanager
-def _wrapped(action: str) -> Iterator[None]:
-    """Turn the SDK's exceptions into cudabox errors that say what cudabox was doing."""
+def _wrapped(action: str, building: bool = False) -> Iterator[None]:
+    """Turn the SDK's exceptions into cudabox errors that say what cudabox was doing.
+
+    Only a build's own failures are build errors (exit 5); an engine that refuses anything else
+    (an inspect, a list, a push) is an engine error (exit 7); one that stops answering, exit 4.
+    """
+    refused = BuildError if building else EngineError
     try:
         yield
     except CudaboxError:
         raise
-    except docker.errors.ImageNotFound as exc:
-        raise BuildError(f"could not {action}: image not found ({_short(exc)})") from None
     except docker.errors.BuildError as exc:
         raise BuildError(f"could not {action}: {_short(exc)}") from None
     except docker.errors.APIError as exc:
-        refusal = _gpu_refusal(str(exc.explanation or exc))
+        text = str(exc.explanation or exc)
+        refusal = gpu_refusal(text)
         if refusal is not None:
             raise refusal from None
-        raise BuildError(f"could not {action}: {exc.explanation or _short(exc)}") from None
-    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+        if _NO_SPACE.search(text):
+            raise DiskFull(
+                f"could not {action}: the engine ran out of disk space ({text.strip()})",
+                "free disk space for the engine (`docker image prune`, remove images you no longer need)",
+            ) from None
+        raise refused(f"could not {action}: {text.strip() or _short(exc)}") from None
+    except (
+        docker.errors.DockerException,
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+    ) as exc:
         raise Unavailable(
-            f"could not {action}: the engine stopped answering ({_short(exc)})", _START_FIX
+            f"could not {action}: the engine stopped answering ({_short(exc)})", START_FIX
         ) from None
 
 
 # ---- long-running containers (cudabox run / train) ------------------------------------------
 
 
-@dataclass(frozen=True)
-class GpuRequest:
-    """Which GPUs a container gets: all, a count, or device ids (indices or UUIDs)."""
+class _Running:
+    """A started container: its output (stdout and stderr apart), signals, exit code, removal.
 
-    count: int | None = None  # -1 = all
-    device_ids: tuple[str, ...] = ()
-    cdi: bool = (
-        False  # name the devices through CDI (nvidia.com/gpu=...) instead of the runtime hook
-    )
-
-    def device_request(self) -> dict[str, Any]:
-        if self.cdi:
-            ids = [f"nvidia.com/gpu={d}" for d in self.device_ids] or ["nvidia.com/gpu=all"]
-            return {"driver": "cdi", "device_ids": ids}
-        if self.device_ids:
-            return {"device_ids": list(self.device_ids), "capabilities": [["gpu"]]}
-        return {"count": self.count if self.count is not None else -1, "capabilities": [["gpu"]]}
-
-    def cli(self) -> list[str]:
-        if self.cdi:
-            ids = self.device_ids or ("all",)
-            return [arg for d in ids for arg in ("--device", f"nvidia.com/gpu={d}")]
-        if self.device_ids:
-            return ["--gpus", f'"device={",".join(self.device_ids)}"']
-        return ["--gpus", "all" if self.count in (None, -1) else str(self.count)]
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    image: str
-    command: tuple[str, ...]
-    name: str
-    workdir: str | None = None
-    mounts: tuple[tuple[str, str, bool], ...] = ()  # (host path, container path, read only)
-    environment: Mapping[str, str] = field(default_factory=dict)
-    user: str | None = None
-    gpus: GpuRequest | None = None
-    shm_size: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard)
-    init: bool = True  # an init process forwards signals to the command and reaps zombies
-
-    def docker_cli(self) -> list[str]:
-        """The equivalent `docker run` command line."""
-        args = ["docker", "run", "--rm", "--name", self.name]
-        if self.init:
-            args.append("--init")
-        for key, value in self.labels.items():
-            args += ["--label", f"{key}={value}"]
-        if self.user:
-            args += ["--user", self.user]
-        for host, inside, read_only in self.mounts:
-            args += ["-v", f"{host}:{inside}{':ro' if read_only else ''}"]
-        if self.workdir:
-            args += ["-w", self.workdir]
-        if self.shm_size:
-            args += ["--shm-size", self.shm_size]
-        for name, soft, hard in self.ulimits:
-            args += ["--ulimit", f"{name}={soft}:{hard}"]
-        if self.gpus:
-            args += self.gpus.cli()
-        for key, value in self.environment.items():
-            args += ["-e", f"{key}={value}"]
-        return [*args, self.image, *self.command]
-
-
-class RunningContainer:
-    """A started container: stream its output, signal it, wait for it, remove it.
-
-    The engine removes the container itself when it exits (auto-remove), so even a launcher
-    killed with SIGKILL leaves nothing behind once the command ends. The exit code comes from a
-    wait that was registered before the start, as `docker run --rm` does.
+    The exit code comes from a wait that was registered before the start, as `docker run --rm`
+    does.
     """
 
-    def __init__(self, container: Any, output: Iterator[bytes], waiter: Any) -> None:
+    def __init__(self, container: Any, output: Iterator[Any], waiter: Any) -> None:
         self._container = container
         self._output = output
         self._waiter = waiter
         self.name: str = container.name
 
-    def stream(self) -> Iterator[bytes]:
-        """The command's stdout and stderr, from its first byte (attached before the start)."""
+    def stream(self) -> Iterator[tuple[bytes | None, bytes | None]]:
+        """(stdout, stderr) chunks from the command's first byte (attached before the start)."""
         try:
-            yield from self._output
+            for item in self._output:
+                if isinstance(item, tuple):
+                    yield item[0], item[1]
+                else:
+                    yield item, None
         except (docker.errors.APIError, requests.exceptions.RequestException):
             return  # the connection ended with the container; wait() has the exit code
 
     def signal(self, signum: int) -> None:
         # An APIError here means it has already stopped: nothing left to signal.
-        with contextlib.suppress(docker.errors.APIError):
+        with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
             self._container.kill(signal=signum)
 
     def wait(self) -> int:
@@ -546,9 +571,15 @@ class RunningContainer:
             pass  # already gone: auto-remove got there first
         except docker.errors.APIError as exc:
             if "already in progress" not in str(exc):
-                raise Unavailable(
-                    f"could not remove container {self.name}: {_short(exc)}"
+                raise EngineError(
+                    f"could not remove container {self.name}: {_short(exc)}",
+                    f"remove it by hand: `docker rm -f {self.name}`",
                 ) from None
+        except requests.exceptions.RequestException as exc:
+            raise Unavailable(
+                f"could not remove container {self.name}: {_short(exc)}",
+                f"remove it by hand once the engine answers: `docker rm -f {self.name}`",
+            ) from None
 
 
 def _register_wait(client: Any, container_id: str) -> Any:
@@ -568,13 +599,9 @@ def _register_wait(client: Any, container_id: str) -> Any:
     return response
 
 
-def engine_info(engine: Engine) -> dict[str, Any]:
-    """The engine's info, with its version under "_version" (the launcher needs both)."""
-    return {**engine.info(), "_version": engine.version()}
-
-
-def start_container(engine: Engine, spec: ContainerSpec) -> RunningContainer:
+def _start(engine: Engine, spec: ContainerSpec) -> _Running:
     """Create and start a container; a GPU request the engine cannot serve is Unavailable."""
+    network_mode = "host" if spec.host_network else (None if spec.network else "none")
     host_config: dict[str, Any] = {
         "image": spec.image,
         "command": list(spec.command),
@@ -584,14 +611,17 @@ def start_container(engine: Engine, spec: ContainerSpec) -> RunningContainer:
         "user": spec.user,
         "labels": {MANAGED_LABEL: "1", **spec.labels},
         "mounts": [
-            docker.types.Mount(target=inside, source=host, type="bind", read_only=read_only)
-            for host, inside, read_only in spec.mounts
+            docker.types.Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
+            for m in spec.mounts
         ],
         "shm_size": spec.shm_size,
         "init": spec.init or None,
-        "ulimits": [docker.types.Ulimit(name=n, soft=s, hard=h) for n, s, h in spec.ulimits]
+        "ulimits": [
+            docker.types.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in spec.ulimits
+        ]
         or None,
         "device_requests": [spec.gpus.device_request()] if spec.gpus else None,
+        "network_mode": network_mode,
         "auto_remove": True,
         "detach": True,
     }
@@ -600,30 +630,70 @@ def start_container(engine: Engine, spec: ContainerSpec) -> RunningContainer:
         container = engine.client.containers.create(**host_config)
         waiter = _register_wait(engine.client, container.id)
         # Attach before starting, so that a command that exits at once loses no output to the
-        # auto-remove (as `docker run --rm` does).
-        output = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+        # auto-remove (as `docker run --rm` does); demux keeps stdout and stderr apart.
+        output = engine.client.api.attach(
+            container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
+        )
         container.start()
     except docker.errors.APIError as exc:
         if container is not None:
             _force_remove(container)
         text = str(exc.explanation or exc)
-        refusal = _gpu_refusal(text)
+        refusal = gpu_refusal(text)
         if refusal is not None:
             raise refusal from None
         if isinstance(exc, docker.errors.ImageNotFound):
             raise Unavailable(
                 f"image {spec.image} is not in the engine", "build it first: `cudabox build NAME`"
             ) from None
-        raise Unavailable(
-            f"could not start a container from {spec.image}: {text.strip()}"
+        raise EngineError(
+            f"could not start a container from {spec.image}: {text.strip()}",
+            "the engine's own message above says what it refused",
         ) from None
-    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         if container is not None:
             _force_remove(container)
-        raise Unavailable(f"could not start a container: {_short(exc)}", _START_FIX) from None
-    return RunningContainer(container, output, waiter)
+        raise Unavailable(f"could not start a container: {_short(exc)}", START_FIX) from None
+    return _Running(container, output, waiter)
 
 
 def _force_remove(container: Any) -> None:
-    with contextlib.suppress(docker.errors.APIError):
+    with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
         container.remove(force=True)
+
+
+def registry_credentials(registry: str) -> tuple[str, str] | None:
+    """The user's Docker login for `registry` (host[:port], "docker.io" for Docker Hub), or None.
+
+    Read as the Docker CLI reads it ($DOCKER_CONFIG/config.json, else ~/.docker/config.json,
+    credential stores and helpers included), so `docker login` is all a user does. An identity
+    token comes back as Docker's own pair ("<token>", TOKEN). Used by cudabox.registry.
+    """
+    import warnings
+
+    import docker.auth
+    import docker.utils.config
+
+    from cudabox.errors import AuthError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a missing helper warns, then fails: the error says it
+            found = docker.auth.load_config().resolve_authconfig(registry)
+    except (docker.errors.DockerException, ValueError, TypeError, AttributeError, OSError) as exc:
+        where = docker.utils.config.find_config_file() or "the Docker config"
+        raise AuthError(
+            f"cannot read the Docker credentials for {registry} from {where}: "
+            f"{str(exc) or type(exc).__name__}",
+            f"repair that file (or its credential helper), then `docker login {registry}`",
+        ) from None
+    if not found:
+        return None
+    token = found.get("IdentityToken")
+    if token:
+        return ("<token>", str(token))
+    username = found.get("username") or found.get("Username")
+    password = found.get("password") or found.get("Password")
+    if not username or password is None:
+        return None
+    return (str(username), str(password))

@@ -1,7 +1,8 @@
 """`cudabox run` and `cudabox train`: the user's command in the image that fits, GPUs wired in.
 
 The container is always removed, whatever happens: normal exit, a failing command, Ctrl-C,
-SIGTERM, or an error while starting. Signals reach the command through the container's init.
+SIGTERM, a closed terminal (SIGHUP), or an error while starting. Signals reach the command through
+the container's init. stdout and stderr stay apart, as with `docker run`.
 """
 
 from __future__ import annotations
@@ -15,25 +16,46 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from cudabox.images.catalog import FRAMEWORKS, ImageSpec, load_catalog
+from cudabox.container import (
+    ContainerSpec,
+    EngineDescription,
+    GpuRequest,
+    Mount,
+    RunningContainer,
+    Ulimit,
+)
 from cudabox.errors import ExitCode, NoImageFits, Unavailable, UsageError
 from cudabox.host import HostProfile
+from cudabox.images.catalog import ImageSpec, load_catalog
+from cudabox.jobs.spec import Rendezvous, torchrun_argv
+from cudabox.options import (
+    current_directory,
+    parse_pairs,
+    parse_size,
+    parse_ulimit,
+)
 from cudabox.output import print_json, progress, table
 from cudabox.resolver import Flavor, select
 
 if TYPE_CHECKING:
-    from cudabox.engine import ContainerSpec, Engine, GpuRequest, RunningContainer
+    from cudabox.engine import Engine
 
 WORKDIR = "/workspace"
 OUT_DIR = "/cudabox/out"
 DEFAULT_SHM = "4g"  # Docker's 64 MB /dev/shm breaks DataLoader workers
+# Several processes per container (NCCL, DataLoader workers): NVIDIA's NGC containers ask for
+# unlimited locked memory and a 64 MB stack.
+MULTIPROCESS_ULIMITS = (Ulimit("memlock", -1, -1), Ulimit("stack", 67108864, 67108864))
+# Host variables that steer collective communication; they reach the container as they are.
+PASSED_ENV_PREFIXES = ("NCCL_", "MASTER_", "GLOO_", "TORCH_NCCL_", "TORCH_DISTRIBUTED_")
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -43,65 +65,89 @@ class Choice:
     profile: HostProfile
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = sub.add_parser(
-        "run",
-        help="run a command in the image that fits this host, GPUs wired in",
-        description="Run COMMAND in the matching image with the current directory at /workspace.",
-    )
-    _container_args(run)
-    run.add_argument("--framework", choices=FRAMEWORKS, default="torch")
-    run.add_argument("command", nargs="*", help="the command; put it after -- when it has options")
-    run.set_defaults(func=cmd_run)
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How `cudabox run`/`train` start the container, checked before anything starts."""
 
-    train = sub.add_parser(
-        "train",
-        help="run the smoke training workload (in its image, or --here)",
-        description="Train the smoke workload and print a summary; extra workload options after --.",
-    )
-    train.add_argument("framework", choices=FRAMEWORKS)
-    train.add_argument(
-        "--here", action="store_true", help="run in this Python, without a container"
-    )
-    train.add_argument(
-        "--require-gpu",
-        action="store_true",
-        help="fail at once unless a usable GPU is visible (never train on the CPU)",
-    )
-    train.add_argument(
-        "--out", type=Path, default=None, help="checkpoints and metrics (default: runs/FRAMEWORK)"
-    )
-    train.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _container_args(train)
-    train.set_defaults(func=cmd_train)
+    framework: str = "torch"
+    image: str = "auto"
+    gpus: str | None = None
+    cpu: bool = False
+    dry_run: bool = False
+    build_missing: bool = True
+    shm_size: str = DEFAULT_SHM
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ulimits: tuple[Ulimit, ...] = ()
+    workspace: Path = Path("/nonexistent")
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    rdzv: Rendezvous | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LaunchOptions:
+        if args.cpu and args.gpus is not None:
+            raise UsageError("--cpu and --gpus contradict each other", "drop one of them")
+        if args.gpus is not None:
+            parse_gpus(args.gpus, cdi=False)  # syntax only; CDI naming is decided later
+        nproc, nnodes = args.nproc_per_node, args.nnodes
+        if nproc < 1 or nnodes < 1:
+            raise UsageError(
+                "--nproc-per-node and --nnodes must be at least 1", "e.g. --nproc-per-node 2"
+            )
+        rdzv = None
+        if nnodes > 1:
+            if not args.rdzv_endpoint:
+                raise UsageError(
+                    f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (where the ranks meet)",
+                    "pass the first node's address, e.g. --rdzv-endpoint node1:29500 (the Slurm "
+                    "script cudabox renders does this for you)",
+                )
+            host, _, port = args.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit():
+                raise UsageError(
+                    f"--rdzv-endpoint {args.rdzv_endpoint!r} is not HOST:PORT",
+                    "e.g. --rdzv-endpoint node1:29500",
+                )
+            rdzv = Rendezvous(host, int(port), args.rdzv_id or "cudabox")
+        return cls(
+            framework=args.framework,
+            image=args.image,
+            gpus=args.gpus,
+            cpu=args.cpu,
+            dry_run=args.dry_run,
+            build_missing=not args.no_build,
+            shm_size=parse_size(args.shm_size, "--shm-size"),
+            env=parse_pairs(args.env, "--env"),
+            labels=parse_pairs(args.label, "--label"),
+            ulimits=tuple(parse_ulimit(item) for item in args.ulimit),
+            workspace=workspace_from(args.workspace),
+            nproc_per_node=nproc,
+            nnodes=nnodes,
+            rdzv=rdzv,
+        )
+
+    @property
+    def distributed(self) -> bool:
+        return self.nproc_per_node > 1 or self.nnodes > 1
 
 
-def _container_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", default="auto", help="a catalog image name, or auto (default)")
-    parser.add_argument(
-        "--gpus",
-        default=None,
-        help="all, a count, or device ids/UUIDs (default: every visible GPU)",
-    )
-    parser.add_argument("--cpu", action="store_true", help="use the CPU image and pass no GPU")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the equivalent docker run command"
-    )
-    parser.add_argument(
-        "--no-build", action="store_true", help="fail instead of building a missing image"
-    )
-    parser.add_argument(
-        "--shm-size", default=DEFAULT_SHM, help=f"size of /dev/shm (default {DEFAULT_SHM})"
-    )
-    parser.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument(
-        "--ulimit",
-        action="append",
-        default=[],
-        metavar="NAME=SOFT[:HARD]",
-        help="container rlimits",
-    )
+def workspace_from(named: Path | None) -> Path:
+    """The host folder mounted at /workspace: the current one, or the one named.
+
+    The filesystem root is never mounted unless named: run from `/` by accident, the whole
+    host would be writable inside the container.
+    """
+    folder = (named or current_directory()).resolve()
+    if named is None and folder == Path("/"):
+        raise UsageError(
+            "the current directory is /, and mounting it at /workspace would expose the whole "
+            "host read-write inside the container",
+            "cd into a project folder, or pass --workspace / if that is really meant",
+        )
+    if not folder.is_dir():
+        raise UsageError(f"--workspace {folder} is not a folder", "name an existing folder")
+    return folder
 
 
 # ---- choosing and preparing the image ---------------------------------------------------------
@@ -151,11 +197,11 @@ def ensure_image(engine: Engine, spec: ImageSpec, build_missing: bool) -> None:
             f"image {spec.tag} is not built",
             f"build it with `cudabox build {spec.name}` (or drop --no-build)",
         )
-    from cudabox.images import build
+    from cudabox.images.build import build_and_verify
+    from cudabox.options import PackageSources
 
     progress(f"cudabox: {spec.tag} is missing; building it (`cudabox build {spec.name}`)")
-    build.build_image(engine, spec, build.BuildOptions.from_env())
-    build.require_verified(build.verify_image(engine, spec, load_catalog().root))
+    build_and_verify(engine, spec, PackageSources.resolve())
 
 
 def _warn_if_stale(spec: ImageSpec, labels: dict[str, str]) -> None:
@@ -169,16 +215,14 @@ def _warn_if_stale(spec: ImageSpec, labels: dict[str, str]) -> None:
 
 
 def gpu_request(
-    choice: Choice, gpus: str | None, cpu: bool, engine_info: dict[str, Any] | None
+    choice: Choice, gpus: str | None, cpu: bool, engine: EngineDescription | None
 ) -> GpuRequest | None:
     """GPUs for the container: what --gpus says, else every visible GPU for a CUDA image."""
-    from cudabox.engine import GpuRequest
-
     if cpu:
         if gpus:
             raise UsageError("--cpu and --gpus contradict each other", "drop one of them")
         return None
-    cdi = engine_info is not None and has_nvidia_cdi(engine_info)
+    cdi = engine is not None and engine.gpus_through_cdi
     if gpus is not None:
         return parse_gpus(gpus, cdi)
     if not choice.image.is_cuda:
@@ -188,14 +232,13 @@ def gpu_request(
         progress("cudabox: warning: no GPU is visible; the CUDA image runs on the CPU")
         return None
     if choice.profile.cuda_visible_devices is not None:
+        # Only the GPUs CUDA_VISIBLE_DEVICES shows (Slurm sets it from the allocation).
         ids = tuple(g.uuid or str(g.index) for g in visible)
         return GpuRequest(device_ids=ids, cdi=cdi)
     return GpuRequest(count=-1, cdi=cdi)
 
 
 def parse_gpus(text: str, cdi: bool) -> GpuRequest:
-    from cudabox.engine import GpuRequest
-
     text = text.strip()
     if text == "all":
         return GpuRequest(count=-1, cdi=cdi)
@@ -205,40 +248,19 @@ def parse_gpus(text: str, cdi: bool) -> GpuRequest:
         if cdi:
             return GpuRequest(device_ids=tuple(str(i) for i in range(int(text))), cdi=True)
         return GpuRequest(count=int(text))
-    ids = tuple(part.strip() for part in text.removeprefix("device=").split(",") if part.strip())
-    if not ids or not all(i.isdigit() or i.startswith(("GPU-", "MIG-")) for i in ids):
+    ids = tuple(part.strip() for part in text.removeprefix("device=").split(","))
+    valid = all(i.isdigit() or i.startswith(("GPU-", "MIG-")) for i in ids)
+    if not text or not valid or len(set(ids)) != len(ids):
         raise UsageError(
-            f"--gpus {text!r} is not all, a count, or a list of indices/UUIDs",
+            f"--gpus {text!r} is not all, a count, or a list of distinct indices/UUIDs",
             "e.g. --gpus all, --gpus 2, --gpus 0,1 or --gpus GPU-3f2a...",
         )
     return GpuRequest(device_ids=ids, cdi=cdi)
 
 
-def has_nvidia_cdi(info: dict[str, Any]) -> bool:
-    """True when the engine reads CDI specs and one of them provides nvidia.com/gpu devices."""
-    for folder in info.get("CDISpecDirs") or []:
-        for path in sorted(Path(folder).glob("*.*")) if Path(folder).is_dir() else []:
-            try:
-                if "nvidia.com/gpu" in path.read_text(errors="replace"):
-                    return True
-            except OSError:
-                continue
-    return False
-
-
-# Podman's defaults can exceed the limits its service may set, and runc then refuses to start
-# ("error setting rlimit ... operation not permitted"); these caps start on every host tried.
-_PODMAN_CAPS = {"nofile": 65536, "nproc": 16384}
-
-
-def is_podman(info: dict[str, Any]) -> bool:
-    components = info.get("_version", {}).get("Components") or []
-    return any("podman" in str(c.get("Name", "")).lower() for c in components)
-
-
-def refuse_podman_gpus(info: dict[str, Any] | None, gpus: GpuRequest | None) -> None:
+def refuse_podman_gpus(engine: EngineDescription | None, gpus: GpuRequest | None) -> None:
     """Podman's Docker-compatible API accepts GPU device requests and ignores them; say so."""
-    if gpus is not None and info is not None and is_podman(info):
+    if gpus is not None and engine is not None and engine.is_podman:
         raise Unavailable(
             "this engine is Podman, whose Docker-compatible API ignores GPU requests: the "
             "container would run without its GPUs",
@@ -248,71 +270,77 @@ def refuse_podman_gpus(info: dict[str, Any] | None, gpus: GpuRequest | None) -> 
         )
 
 
-def podman_ulimits(info: dict[str, Any]) -> tuple[tuple[str, int, int], ...]:
+# Podman's defaults can exceed the limits its service may set, and runc then refuses to start
+# ("error setting rlimit ... operation not permitted"); these caps start on every host tried.
+_PODMAN_CAPS = {"nofile": 65536, "nproc": 16384}
+
+
+def podman_ulimits(engine: EngineDescription | None) -> tuple[Ulimit, ...]:
     """Explicit rlimits for Podman engines: the caller's own, capped; none for Docker."""
-    if not is_podman(info):
+    if engine is None or not engine.is_podman:
         return ()
     limits = []
     for name, which in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
         soft, _hard = resource.getrlimit(which)
         cap = _PODMAN_CAPS[name]
         value = cap if soft == resource.RLIM_INFINITY else min(soft, cap)
-        limits.append((name, value, value))
+        limits.append(Ulimit(name, value, value))
     return tuple(limits)
 
 
-def parse_ulimits(items: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
-    limits = []
-    for item in items:
-        name, _, values = item.partition("=")
-        soft, _, hard = values.partition(":")
-        if not name or not soft.isdigit() or not (hard or soft).isdigit():
-            raise UsageError(
-                f"--ulimit {item!r} is not NAME=SOFT[:HARD]", "e.g. --ulimit nofile=1024:4096"
-            )
-        limits.append((name, int(soft), int(hard or soft)))
-    return tuple(limits)
+def container_ulimits(
+    options: LaunchOptions, engine: EngineDescription | None
+) -> tuple[Ulimit, ...]:
+    """The user's --ulimit values win; then the multi-process set; then Podman's caps."""
+    chosen = {u.name: u for u in podman_ulimits(engine)}
+    if options.distributed and (engine is None or not engine.is_podman):
+        chosen.update({u.name: u for u in MULTIPROCESS_ULIMITS})
+    chosen.update({u.name: u for u in options.ulimits})
+    return tuple(chosen.values())
 
 
-def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
-    result = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{flag} {item!r} is not KEY=VALUE", f"write it as {flag} NAME=value")
-        result[key] = value
-    return result
+def passed_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """NCCL_*, MASTER_*, ... from the host, so collective settings reach the ranks."""
+    env = os.environ if env is None else env
+    return {k: v for k, v in sorted(env.items()) if k.startswith(PASSED_ENV_PREFIXES)}
+
+
+def launched_command(command: Sequence[str], options: LaunchOptions) -> list[str]:
+    """The command as given, or under torchrun when several processes or nodes are asked for."""
+    if not options.distributed:
+        return list(command)
+    return torchrun_argv(command, options.nnodes, options.nproc_per_node, options.rdzv)
 
 
 def container_spec(
     choice: Choice,
     command: Sequence[str],
-    args: argparse.Namespace,
+    options: LaunchOptions,
     gpus: GpuRequest | None,
-    ulimits: tuple[tuple[str, int, int], ...],
-    extra_mounts: Sequence[tuple[str, str, bool]] = (),
+    ulimits: tuple[Ulimit, ...],
+    extra_mounts: Sequence[Mount] = (),
 ) -> ContainerSpec:
-    from cudabox.engine import ContainerSpec
-
     run_id = uuid.uuid4().hex[:12]
-    environment = {"HOME": "/tmp", "PYTHONUNBUFFERED": "1", **_pairs(args.env, "--env")}
+    environment = {
+        "HOME": "/tmp",
+        "PYTHONUNBUFFERED": "1",
+        **passed_environment(),
+        **options.env,
+    }
     return ContainerSpec(
         image=choice.image.tag,
         command=tuple(command),
         name=f"cudabox-run-{run_id}",
         workdir=WORKDIR,
-        mounts=((str(Path.cwd()), WORKDIR, False), *extra_mounts),
+        mounts=(Mount(str(options.workspace), WORKDIR), *extra_mounts),
         environment=environment,
         # Files written to the mounted directory belong to the caller, not to root.
         user=f"{os.getuid()}:{os.getgid()}",
         gpus=gpus,
-        shm_size=args.shm_size,
-        labels={
-            "cudabox.run": run_id,
-            "cudabox.image": choice.image.name,
-            **_pairs(args.label, "--label"),
-        },
-        ulimits=parse_ulimits(getattr(args, "ulimit", [])) or ulimits,
+        shm_size=options.shm_size,
+        labels={"cudabox.run": run_id, "cudabox.image": choice.image.name, **options.labels},
+        ulimits=ulimits,
+        host_network=options.nnodes > 1,
     )
 
 
@@ -321,19 +349,21 @@ def container_spec(
 
 @contextmanager
 def forwarded_signals(container: RunningContainer) -> Iterator[None]:
-    """Ctrl-C and SIGTERM go to the container; a second one kills it."""
+    """Ctrl-C, SIGTERM and SIGHUP go to the container; a second one kills it."""
     received: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
         if len(received) == 1:
-            progress(f"cudabox: passing {signal.Signals(signum).name} to {container.name}")
-            container.signal(signum)
+            # A closed terminal (SIGHUP) means stop: the command gets SIGTERM, as from `docker stop`.
+            sent = signal.SIGTERM if signum == signal.SIGHUP else signum
+            progress(f"cudabox: passing {signal.Signals(sent).name} to {container.name}")
+            container.signal(sent)
         else:
             progress(f"cudabox: killing {container.name}")
             container.signal(signal.SIGKILL)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
     try:
         yield
     finally:
@@ -342,31 +372,32 @@ def forwarded_signals(container: RunningContainer) -> Iterator[None]:
 
 
 def run_container(engine: Engine, spec: ContainerSpec, to_stderr: bool = False) -> int:
-    """Start, stream the output, forward signals, return the exit code; always remove."""
-    from cudabox.engine import start_container
+    """Start, stream the output, forward signals, return the exit code; always remove.
 
-    container = start_container(engine, spec)
-    try:
-        with forwarded_signals(container):
-            out = sys.stderr.buffer if to_stderr else sys.stdout.buffer
-            for chunk in container.stream():
-                out.write(chunk)
+    The command's stderr goes to our stderr; its stdout to our stdout (or to stderr when our
+    stdout is reserved for a --json summary).
+    """
+    with engine.started(spec) as container, forwarded_signals(container):
+        out = sys.stderr.buffer if to_stderr else sys.stdout.buffer
+        for stdout, stderr in container.stream():
+            if stdout:
+                out.write(stdout)
                 out.flush()
-            return container.wait()
-    finally:
-        container.remove()
+            if stderr:
+                sys.stderr.buffer.write(stderr)
+                sys.stderr.buffer.flush()
+        return container.wait()
 
 
-def _engine_and_info(dry_run: bool) -> tuple[Engine | None, dict[str, Any] | None]:
-    from cudabox.engine import Engine, engine_info
+def _connect(dry_run: bool) -> Engine | None:
+    from cudabox.engine import Engine
 
     try:
-        engine = Engine.connect()
+        return Engine.connect()
     except Unavailable:
         if dry_run:
-            return None, None  # a dry run only prints; it needs no engine
+            return None  # a dry run only prints; it needs no engine
         raise
-    return engine, engine_info(engine)
 
 
 def _probe() -> HostProfile:
@@ -376,26 +407,35 @@ def _probe() -> HostProfile:
 
 
 def launch(
-    args: argparse.Namespace,
+    options: LaunchOptions,
     choice: Choice,
     command: Sequence[str],
-    extra_mounts: Sequence[tuple[str, str, bool]] = (),
+    extra_mounts: Sequence[Mount] = (),
     to_stderr: bool = False,
 ) -> int | None:
     """Wire the GPUs, then print the docker command (--dry-run, returns None) or run it."""
     progress(f"cudabox: image {choice.image.name}: {choice.why}")
-    engine, info = _engine_and_info(args.dry_run)
-    gpus = gpu_request(choice, args.gpus, args.cpu, info)
-    refuse_podman_gpus(info, gpus)
-    spec = container_spec(choice, command, args, gpus, podman_ulimits(info or {}), extra_mounts)
-    if engine is None or args.dry_run:  # no engine happens only on a dry run
-        print(shlex.join(spec.docker_cli()))
+    engine = _connect(options.dry_run)
+    try:
+        described = engine.description if engine is not None else None
+        gpus = gpu_request(choice, options.gpus, options.cpu, described)
+        refuse_podman_gpus(described, gpus)
+        spec = container_spec(
+            choice,
+            launched_command(command, options),
+            options,
+            gpus,
+            container_ulimits(options, described),
+            extra_mounts,
+        )
+        if engine is None or options.dry_run:
+            print(shlex.join(spec.docker_cli()))
+            return None
+        ensure_image(engine, choice.image, build_missing=options.build_missing)
+        return run_container(engine, spec, to_stderr)
+    finally:
         if engine is not None:
             engine.close()
-        return None
-    with engine:
-        ensure_image(engine, choice.image, build_missing=not args.no_build)
-        return run_container(engine, spec, to_stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -404,60 +444,113 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(
             "no command to run", "put it after --, e.g. `cudabox run -- python train.py`"
         )
-    choice = choose_image(args.framework, args.image, args.cpu, False, _probe())
-    code = launch(args, choice, command)
+    options = LaunchOptions.from_args(args)
+    choice = choose_image(options.framework, options.image, options.cpu, False, _probe())
+    code = launch(options, choice, command)
     return ExitCode.OK if code is None else code
 
 
 # ---- training ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    launch: LaunchOptions
+    here: bool
+    require_gpu: bool
+    out: Path
+    json: bool
+    workload: tuple[str, ...]  # options for the workload module (after --)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainOptions:
+        launch_options = LaunchOptions.from_args(args)
+        out = (args.out or current_directory() / "runs" / args.framework).resolve()
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} is a file, not a folder", "name a folder for the run")
+        if not args.dry_run:
+            _writable_folder(out)
+        workload = list(args.rest)
+        if args.require_gpu:
+            workload = ["--device", "cuda", *workload]
+        elif args.cpu:
+            workload = ["--device", "cpu", *workload]
+        return cls(launch_options, args.here, args.require_gpu, out, args.json, tuple(workload))
+
+
+def _writable_folder(folder: Path) -> None:
+    """Create `folder` (or check it) up front: a run must not fail at its end for its output."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".cudabox-write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"--out {folder} cannot be written: {exc.strerror or exc}",
+            "pass --out pointing to a folder you can write",
+        ) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from cudabox.workloads import module_for
 
-    workload = list(args.rest)  # workload options come after --
-    out = (args.out or Path("runs") / args.framework).resolve()
-    module = module_for(args.framework)
-    if args.require_gpu:
-        workload = ["--device", "cuda", *workload]
-    elif args.cpu:
-        workload = ["--device", "cpu", *workload]
-    if args.here:
-        if args.require_gpu:
-            require_visible_gpu(args.framework, _probe(), here=True)
-        return _train_here(module, out, workload, args)
+    options = TrainOptions.from_args(args)
+    framework = options.launch.framework
+    module = module_for(framework)
+    if options.here:
+        if options.require_gpu:
+            require_visible_gpu(framework, _probe(), here=True)
+        return _train_here(module, options)
 
-    choice = choose_image(args.framework, args.image, args.cpu, args.require_gpu, _probe())
-    if not args.dry_run:
-        out.mkdir(parents=True, exist_ok=True)
-    command = ["python", "-m", module, "--out", OUT_DIR, *workload]
+    choice = choose_image(
+        framework, options.launch.image, options.launch.cpu, options.require_gpu, _probe()
+    )
+    command = ["python", "-m", module, "--out", OUT_DIR, *options.workload]
     # With --json, stdout carries only the summary; the workload's progress goes to stderr.
-    code = launch(args, choice, command, ((str(out), OUT_DIR, False),), to_stderr=args.json)
+    code = launch(
+        options.launch, choice, command, (Mount(str(options.out), OUT_DIR),), to_stderr=options.json
+    )
     if code is None:
         return ExitCode.OK
-    _summarise(out, choice.image.name, choice.why, code, args.json)
+    _summarise(options.out, choice.image.name, choice.why, code, options.json)
     return code
 
 
-def _train_here(module: str, out: Path, workload: list[str], args: argparse.Namespace) -> int:
+def _train_here(module: str, options: TrainOptions) -> int:
     import importlib.util
 
-    package = "torch" if args.framework == "torch" else "tensorflow"
+    framework = options.launch.framework
+    package = "torch" if framework == "torch" else "tensorflow"
     if importlib.util.find_spec(package) is None:
         raise Unavailable(
             f"{package} is not installed in this Python ({sys.executable})",
-            f"install it here, or drop --here to train in the {args.framework} image",
+            f"install it here, or drop --here to train in the {framework} image",
         )
-    out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", module, "--out", str(out), *workload]
+    program = ["python", "-m", module, "--out", str(options.out), *options.workload]
+    command = launched_command(program, options.launch)
+    if command[0] == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", *command[1:]]
+    else:
+        command[0] = sys.executable
     progress(f"cudabox: training here: {shlex.join(command)}")
-    process = subprocess.Popen(command, stdout=sys.stderr if args.json else None)
+    process = subprocess.Popen(command, stdout=sys.stderr if options.json else None)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        # SIGTERM/SIGHUP reach only us: pass them on so the workload checkpoints and stops.
+        process.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        # The child got the same Ctrl-C from the terminal; let it save and stop.
-        code = process.wait()
-    _summarise(out, "here", f"this Python ({sys.executable})", code, args.json)
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            # The child got the same Ctrl-C from the terminal; let it save and stop.
+            code = process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    _summarise(options.out, "here", f"this Python ({sys.executable})", code, options.json)
     return code
 
 
@@ -466,8 +559,9 @@ def _summarise(out: Path, image: str, why: str, code: int, as_json: bool) -> Non
     metrics: dict[str, Any] = {}
     if metrics_path.is_file():
         try:
-            metrics = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError:
+            loaded = json.loads(metrics_path.read_text())
+            metrics = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
             metrics = {}
     summary = {
         "image": image,
@@ -475,6 +569,7 @@ def _summarise(out: Path, image: str, why: str, code: int, as_json: bool) -> Non
         "exit_code": code,
         "passed": bool(metrics.get("passed")) and code == 0,
         "device": metrics.get("device_name"),
+        "world_size": metrics.get("world_size", 1),
         "samples_per_s": metrics.get("samples_per_s"),
         "final_loss": metrics.get("final_loss"),
         "final_accuracy": metrics.get("final_accuracy"),

@@ -112,10 +112,18 @@ class Nvml:
             diagnosis, fix = diagnose(code, str(exc))
             raise NvmlFailure(code, diagnosis, fix) from None
 
-    def optional(self, fn: Callable[..., T], *args: Any) -> T | None:
-        """For fields some GPUs or drivers lack: 'not supported' and 'not found' read as None."""
+    def optional(self, fn: Callable[..., T] | str, *args: Any) -> T | None:
+        """For fields some GPUs or drivers lack: 'not supported' and 'not found' read as None.
+
+        `fn` may be a function's name, for functions an older binding does not define at all.
+        """
+        function: Callable[..., T] | None = (
+            getattr(self.lib, fn, None) if isinstance(fn, str) else fn
+        )
+        if function is None:
+            return None
         try:
-            return self.call(fn, *args)
+            return self.call(function, *args)
         except NvmlFailure as exc:
             if exc.code in (NOT_SUPPORTED, FUNCTION_NOT_FOUND, NOT_FOUND):
                 return None
@@ -136,8 +144,23 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@dataclass(frozen=True)
+class HostReading:
+    """One pass over NVML: the profile `probe` shows and, when asked, the doctor's health readings."""
+
+    profile: HostProfile
+    health: HostHealth | None = None
+
+
 def probe(lib: Any | None = None, env: Mapping[str, str] | None = None) -> HostProfile:
     """Read the host's driver and GPUs. Never raises for a missing or broken driver."""
+    return read_host(lib, env).profile
+
+
+def read_host(
+    lib: Any | None = None, env: Mapping[str, str] | None = None, with_health: bool = False
+) -> HostReading:
+    """Read the driver and every GPU once, through one session and one handle per GPU."""
     env = os.environ if env is None else env
     visible_spec = env.get("CUDA_VISIBLE_DEVICES")
     hostname = socket.gethostname()
@@ -147,11 +170,11 @@ def probe(lib: Any | None = None, env: Mapping[str, str] | None = None) -> HostP
             driver = _text(session.call(session.lib.nvmlSystemGetDriverVersion))
             cuda = _cuda_driver_version(session)
             nvml_version = session.optional(session.lib.nvmlSystemGetNVMLVersion)
-            count = session.call(session.lib.nvmlDeviceGetCount)
-            gpus = [_read_gpu(session, index) for index in range(count)]
+            count = int(session.call(session.lib.nvmlDeviceGetCount))
+            read = [_read_gpu(session, index, with_health) for index in range(count)]
     except NvmlFailure as exc:
         no_driver = exc.code in (LIBRARY_NOT_FOUND, DRIVER_NOT_LOADED)
-        return HostProfile(
+        profile = HostProfile(
             driver_version=None,
             cuda_driver_version=None,
             gpus=(),
@@ -161,31 +184,65 @@ def probe(lib: Any | None = None, env: Mapping[str, str] | None = None) -> HostP
             hostname=hostname,
             cuda_visible_devices=visible_spec,
         )
-    return HostProfile(
+        sick = HostHealth(
+            status="no-driver" if no_driver or exc.code is None else "error",
+            code=exc.code,
+            message=exc.diagnosis,
+            fix=exc.fix,
+        )
+        return HostReading(profile, sick if with_health else None)
+    gpus = [gpu for gpu, _ in read]
+    nvml_text = _text(nvml_version) if nvml_version is not None else None
+    profile = HostProfile(
         driver_version=driver,
         cuda_driver_version=str(cuda) if cuda else None,
         gpus=tuple(apply_visibility(gpus, visible_spec)),
         status="ok",
         message=None if gpus else "the driver is loaded but reports no GPU",
         hostname=hostname,
-        nvml_version=_text(nvml_version) if nvml_version is not None else None,
+        nvml_version=nvml_text,
         cuda_visible_devices=visible_spec,
+    )
+    if not with_health:
+        return HostReading(profile)
+    healths = tuple(h for _, h in read if h is not None)
+    return HostReading(
+        profile,
+        HostHealth(
+            status="ok",
+            driver_version=driver,
+            nvml_version=nvml_text,
+            device_count=count,
+            gpus=healths,
+        ),
     )
 
 
 def _cuda_driver_version(session: Nvml) -> CudaVersion | None:
     # _v2 reads libcuda itself; v1 may return a made-up "supported" value when libcuda is missing.
-    v2 = getattr(session.lib, "nvmlSystemGetCudaDriverVersion_v2", None)
-    value = session.optional(v2) if v2 is not None else None
+    value = session.optional("nvmlSystemGetCudaDriverVersion_v2")
     if value is None:
         value = session.optional(session.lib.nvmlSystemGetCudaDriverVersion)
     return CudaVersion.from_int(int(value)) if value else None
 
 
-def _read_gpu(session: Nvml, index: int) -> Gpu:
+def _read_gpu(session: Nvml, index: int, with_health: bool) -> tuple[Gpu, GpuHealth | None]:
+    """The GPU's profile entry and (with_health) its health readings, from one handle."""
     lib = session.lib
     try:
         handle = session.call(lib.nvmlDeviceGetHandleByIndex, index)
+    except NvmlFailure as exc:
+        return (
+            Gpu(index=index, error=exc.diagnosis, fix=exc.fix),
+            GpuHealth(index=index, error=exc.diagnosis, fix=exc.fix) if with_health else None,
+        )
+    gpu = _read_profile(session, index, handle)
+    return gpu, _read_health(session, index, handle, gpu) if with_health else None
+
+
+def _read_profile(session: Nvml, index: int, handle: Any) -> Gpu:
+    lib = session.lib
+    try:
         major, minor = session.call(lib.nvmlDeviceGetCudaComputeCapability, handle)
         memory = session.call(lib.nvmlDeviceGetMemoryInfo, handle)
         pci = session.optional(lib.nvmlDeviceGetPciInfo, handle)
@@ -207,7 +264,7 @@ def _read_gpu(session: Nvml, index: int) -> Gpu:
     except NvmlFailure as exc:
         uuid = None
         with contextlib.suppress(Exception):  # the GPU is known broken; its uuid is a bonus
-            uuid = _text(lib.nvmlDeviceGetUUID(lib.nvmlDeviceGetHandleByIndex(index)))
+            uuid = _text(lib.nvmlDeviceGetUUID(handle))
         return Gpu(index=index, uuid=uuid, error=exc.diagnosis, fix=exc.fix)
 
 
@@ -306,7 +363,7 @@ def _match_entry(gpus: list[Gpu], entry: str) -> tuple[int, str | None] | None:
     return None
 
 
-# --- Health queries for `cudabox doctor` (appended; the probe above does not use them) -------
+# --- Health readings for `cudabox doctor` (read with the profile, from the same handles) ------
 
 
 @dataclass(frozen=True)
@@ -355,38 +412,16 @@ class HostHealth:
 
 def health(lib: Any | None = None) -> HostHealth:
     """Read what `cudabox doctor` judges. Never raises for a missing or broken driver."""
-    try:
-        session = Nvml(lib if lib is not None else load_pynvml())
-        with session:
-            driver = _text(session.call(session.lib.nvmlSystemGetDriverVersion))
-            nvml_version = session.optional(session.lib.nvmlSystemGetNVMLVersion)
-            count = int(session.call(session.lib.nvmlDeviceGetCount))
-            gpus = tuple(_read_health(session, index) for index in range(count))
-    except NvmlFailure as exc:
-        no_driver = exc.code in (LIBRARY_NOT_FOUND, DRIVER_NOT_LOADED) or exc.code is None
-        return HostHealth(
-            status="no-driver" if no_driver else "error",
-            code=exc.code,
-            message=exc.diagnosis,
-            fix=exc.fix,
-        )
-    return HostHealth(
-        status="ok",
-        driver_version=driver,
-        nvml_version=_text(nvml_version) if nvml_version is not None else None,
-        device_count=count,
-        gpus=gpus,
-    )
+    reading = read_host(lib, with_health=True)
+    assert reading.health is not None  # with_health always reads it
+    return reading.health
 
 
-def _read_health(session: Nvml, index: int) -> GpuHealth:
+def _read_health(session: Nvml, index: int, handle: Any, gpu: Gpu) -> GpuHealth:
     lib = session.lib
-    try:
-        handle = session.call(lib.nvmlDeviceGetHandleByIndex, index)
-        uuid = _text(session.call(lib.nvmlDeviceGetUUID, handle))
-        name = _text(session.call(lib.nvmlDeviceGetName, handle))
-    except NvmlFailure as exc:
-        return GpuHealth(index=index, error=exc.diagnosis, fix=exc.fix)
+    uuid, name = gpu.uuid, gpu.name
+    if gpu.error is not None:
+        return GpuHealth(index=index, uuid=uuid, error=gpu.error, fix=gpu.fix)
     try:
         pci = session.optional(lib.nvmlDeviceGetPciInfo, handle)
         persistence = session.optional(lib.nvmlDeviceGetPersistenceMode, handle)
@@ -446,7 +481,7 @@ def _read_health(session: Nvml, index: int) -> GpuHealth:
                 session.optional(lib.nvmlDeviceGetMaxPcieLinkGeneration, handle)
             ),
             pcie_gen_gpu_max=_opt_count(
-                _optional_fn(session, "nvmlDeviceGetGpuMaxPcieLinkGeneration", handle)
+                session.optional("nvmlDeviceGetGpuMaxPcieLinkGeneration", handle)
             ),
             pcie_width_current=_opt_count(
                 session.optional(lib.nvmlDeviceGetCurrPcieLinkWidth, handle)
@@ -461,16 +496,10 @@ def _read_health(session: Nvml, index: int) -> GpuHealth:
 
 def _clock_reasons(session: Nvml, handle: Any) -> int | None:
     # The "event reasons" call replaced the "throttle reasons" one (same bits) in newer drivers.
-    value = _optional_fn(session, "nvmlDeviceGetCurrentClocksEventReasons", handle)
+    value = session.optional("nvmlDeviceGetCurrentClocksEventReasons", handle)
     if value is None:
-        value = _optional_fn(session, "nvmlDeviceGetCurrentClocksThrottleReasons", handle)
+        value = session.optional("nvmlDeviceGetCurrentClocksThrottleReasons", handle)
     return _opt_count(value)
-
-
-def _optional_fn(session: Nvml, name: str, *args: Any) -> Any:
-    """`optional` for functions an older binding may not define at all."""
-    fn = getattr(session.lib, name, None)
-    return session.optional(fn, *args) if fn is not None else None
 
 
 def _opt_count(value: Any) -> int | None:

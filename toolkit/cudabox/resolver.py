@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cudabox.images.catalog import Catalog, ImageSpec, rank_key
 from cudabox.compat import Compat, load_compat
 from cudabox.host import Gpu, HostProfile
+from cudabox.images.catalog import Catalog, ImageSpec, rank_key
 from cudabox.versions import Arch, DriverVersion
 
 Flavor = Literal["auto", "cuda", "cpu"]

@@ -1,63 +1,30 @@
 """Layer 3, the container: the image starts with GPUs, sees the host's GPUs, and its
 NVIDIA_REQUIRE_CUDA is met. Also runs the in-image script (layers 4 and 5) for the runner.
 
-The engine is reached through `ContainerEngine`, which cudabox.engine's `Engine` satisfies.
+The engine is reached through `cudabox.container.ContainerEngine`; tests pass stubs.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
-from cudabox.images.catalog import ImageSpec
 from cudabox.compat import load_compat
-from cudabox.doctor.engine_layer import TOOLKIT_FIX
+from cudabox.container import GPU_PASSTHROUGH_FIX, ContainerEngine, ImageInfo
 from cudabox.doctor.gpu_checks import MARKER
 from cudabox.doctor.model import Check, check
 from cudabox.errors import CudaboxError
 from cudabox.host import HostProfile
+from cudabox.images.catalog import ImageSpec
 from cudabox.versions import CudaVersion
 
 LAYER = "container"
 SCRIPT = "gpu_checks.py"
 SCRIPT_DIR = "/tmp/cudabox"  # where Engine.run copies `files` by default
 _REQUIRE = re.compile(r"cuda>=(\d+\.\d+)")
-
-
-class ImageFacts(Protocol):
-    @property
-    def env(self) -> dict[str, str]: ...
-
-    @property
-    def labels(self) -> dict[str, str]: ...
-
-
-class RunOutcome(Protocol):
-    @property
-    def exit_code(self) -> int | None: ...
-
-    @property
-    def output(self) -> str: ...
-
-    @property
-    def timed_out(self) -> bool: ...
-
-
-class ContainerEngine(Protocol):
-    def image(self, ref: str) -> ImageFacts | None: ...
-
-    def run(
-        self,
-        image: str,
-        command: Sequence[str],
-        *,
-        timeout: float,
-        files: Mapping[str, bytes] | None = None,
-        gpus: bool = False,
-    ) -> RunOutcome: ...
 
 
 def script_bytes() -> bytes:
@@ -76,7 +43,7 @@ def parse_result(output: str) -> dict[str, Any] | None:
     return None
 
 
-def image_check(spec: ImageSpec, facts: ImageFacts | None) -> Check:
+def image_check(spec: ImageSpec, facts: ImageInfo | None) -> Check:
     if facts is None:
         return check(
             "container.image",
@@ -88,7 +55,7 @@ def image_check(spec: ImageSpec, facts: ImageFacts | None) -> Check:
     return check("container.image", LAYER, "pass", f"{spec.tag} is here", spec.tag)
 
 
-def require_cuda_check(spec: ImageSpec, facts: ImageFacts, host: HostProfile) -> Check:
+def require_cuda_check(spec: ImageSpec, facts: ImageInfo, host: HostProfile) -> Check:
     cid = "container.require_cuda"
     if not spec.is_cuda:
         return check(cid, LAYER, "skip", "a CPU image needs no driver")
@@ -152,16 +119,20 @@ def gpus_check(
             LAYER,
             "fail",
             f"the container did not start with GPUs: {exc.message}",
-            fix=_gpu_fix(exc.message),
+            fix=exc.fix or _ENGINE_FIX,
         )
     result = parse_result(outcome.output)
     if result is None or outcome.exit_code != 0:
         tail = outcome.output.strip().splitlines()[-1:] or ["no output"]
         return check(
-            cid, LAYER, "fail", f"the container's GPU listing failed: {tail[0]}", fix=TOOLKIT_FIX
+            cid,
+            LAYER,
+            "fail",
+            f"the container's GPU listing failed: {tail[0]}",
+            fix=GPU_PASSTHROUGH_FIX,
         )
     if "error" in result:
-        return check(cid, LAYER, "fail", str(result["error"]), fix=TOOLKIT_FIX)
+        return check(cid, LAYER, "fail", str(result["error"]), fix=GPU_PASSTHROUGH_FIX)
     inside = sorted(str(u) for u in result.get("uuids") or [] if u)
     missing = [u for u in host_uuids if u not in inside]
     value = f"{len(inside)} of {len(host_uuids)}"
@@ -186,12 +157,10 @@ def gpus_check(
     )
 
 
-def _gpu_fix(message: str) -> str:
-    if "could not select device driver" in message or "unknown or invalid runtime" in message:
-        return TOOLKIT_FIX
-    if "unsatisfied condition: cuda" in message:
-        return "the driver is too old for this image: see container.require_cuda"
-    return "see engine.gpu_runtime and engine.cdi_spec; `docker run --rm --gpus all IMAGE nvidia-smi` shows the engine's own error"
+_ENGINE_FIX = (
+    "see engine.gpu_runtime and engine.cdi_spec; `docker run --rm --gpus all IMAGE nvidia-smi` "
+    "shows the engine's own error"
+)
 
 
 def run_script(

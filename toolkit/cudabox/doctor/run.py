@@ -17,17 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from cudabox import __version__
-from cudabox.images.catalog import ImageSpec, load_catalog
-from cudabox.doctor import cdi, container_layer, engine_layer, host_layer, perf, training_layer
+from cudabox.container import ContainerEngine
+from cudabox.doctor import container_layer, engine_layer, host_layer, perf, training_layer
 from cudabox.doctor.model import Check, DoctorReport, Level, check
 from cudabox.errors import CudaboxError
 from cudabox.host import HostProfile
-from cudabox.nvml import GpuHealth, HostHealth, health, probe
+from cudabox.images.catalog import ImageSpec, load_catalog
+from cudabox.nvml import GpuHealth, HostHealth, read_host
 from cudabox.output import progress
 from cudabox.resolver import select
 
 SCRIPT_TIMEOUT = 600.0
 TRAIN_TIMEOUT = 900.0
+ENGINE_TIMEOUT = 60.0  # an engine call that takes longer has stopped answering
 PERF_IDS = ("perf.matmul_bf16", "perf.matmul_tf32", "perf.mem_bandwidth", "perf.h2d_bandwidth")
 
 
@@ -45,8 +47,7 @@ class Environment:
     """Where the doctor reads from; tests replace the pieces."""
 
     nvml_lib: Any = None  # None: the real pynvml
-    connect: Callable[[], Any] | None = None  # returns an Engine; None: cudabox.engine
-    cdi_dirs: Sequence[Path] = cdi.DEFAULT_DIRS
+    connect: Callable[[], ContainerEngine] | None = None  # None: cudabox.engine.Engine
     pci_root: Path = Path("/sys/bus/pci/devices")
     proc_version: Path = Path("/proc/driver/nvidia/version")
     say: Callable[[str], None] = progress
@@ -79,9 +80,11 @@ class Doctor:
         o = self.options
         self.layer("host")
         started = time.perf_counter()
-        profile = probe(self.env.nvml_lib)
+        reading = read_host(self.env.nvml_lib, with_health=True)
+        profile = reading.profile
+        assert reading.health is not None  # asked for with_health
         readings = host_layer.HostReadings(
-            health=health(self.env.nvml_lib),
+            health=reading.health,
             profile=profile,
             pci_gpus=host_layer.read_pci_gpus(self.env.pci_root),
             kernel_module=host_layer.read_kernel_module(self.env.proc_version),
@@ -89,7 +92,7 @@ class Doctor:
         self.add(host_layer.host_checks(readings), started)
         self.versions.update(driver=profile.driver_version, cuda_driver=profile.cuda_driver_version)
         image: ImageSpec | None = None
-        engine: Any = None
+        engine: ContainerEngine | None = None
         try:
             if not o.here:
                 engine = self._engine_layer(profile)
@@ -110,7 +113,7 @@ class Doctor:
             if o.level == "full":
                 self._training(engine, image, profile)
         finally:
-            if engine is not None and hasattr(engine, "close"):
+            if engine is not None:
                 engine.close()
         return DoctorReport(
             cudabox_version=__version__,
@@ -124,28 +127,25 @@ class Doctor:
             versions=self.versions,
         )
 
-    def _engine_layer(self, profile: HostProfile) -> Any:
+    def _engine_layer(self, profile: HostProfile) -> ContainerEngine | None:
         self.layer("engine")
         started = time.perf_counter()
+        engine: ContainerEngine | None = None
         try:
             if self.env.connect is not None:
                 engine = self.env.connect()
             else:
                 from cudabox.engine import Engine
 
-                engine = Engine.connect(timeout=120)
-            view = engine_layer.gather(
-                engine_layer.EngineAdapter(engine), cdi.find_specs(self.env.cdi_dirs)
-            )
+                engine = Engine.connect(read_timeout=ENGINE_TIMEOUT)
+            view = engine.description
         except CudaboxError as exc:
+            if engine is not None:
+                engine.close()
             self.add(engine_layer.unreachable(exc.message, exc.fix), started)
             self.unavailable = exc.message
             return None
-        except Exception as exc:  # an SDK error the adapter did not translate: still a verdict
-            self.add(engine_layer.unreachable(f"the engine did not answer: {exc}", None), started)
-            self.unavailable = str(exc)
-            return None
-        self.versions["engine"] = f"{view.name} {view.engine_version}"
+        self.versions["engine"] = f"{view.name} {view.version}"
         self.add(engine_layer.engine_checks(view, profile), started)
         return engine
 
@@ -168,7 +168,7 @@ class Doctor:
         return selection.selected
 
     def _container_layer(
-        self, engine: Any, image: ImageSpec, profile: HostProfile
+        self, engine: ContainerEngine, image: ImageSpec, profile: HostProfile
     ) -> tuple[dict[str, Any] | None, str]:
         self.layer("container")
         self.versions["image"] = image.tag
@@ -247,7 +247,9 @@ class Doctor:
         by_index: dict[int, GpuHealth] = {g.index: g for g in host.gpus}
         self.add(perf.perf_checks(measurements, by_uuid, by_index))
 
-    def _training(self, engine: Any, image: ImageSpec | None, profile: HostProfile) -> None:
+    def _training(
+        self, engine: ContainerEngine | None, image: ImageSpec | None, profile: HostProfile
+    ) -> None:
         self.layer("training")
         started = time.perf_counter()
         if self.options.here:

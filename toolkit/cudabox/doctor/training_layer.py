@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cudabox.images.catalog import ImageSpec
-from cudabox.doctor.container_layer import ContainerEngine
+from cudabox.container import ContainerEngine
 from cudabox.doctor.model import Check, check
 from cudabox.errors import CudaboxError
+from cudabox.images.catalog import ImageSpec
 from cudabox.workloads import module_for
 
 LAYER = "training"

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cudabox.images.catalog import load_catalog
 from cudabox.errors import BuildError, CudaboxError, ExitCode, Unavailable, UsageError
+from cudabox.images.catalog import load_catalog
 from cudabox.output import print_json, progress, table
 
 if TYPE_CHECKING:
@@ -81,7 +81,10 @@ def bootstrap(engine: Engine, image: str, images_dir: Path) -> BaseResult:
         progress(f"base {image}: {' '.join(command)}")
         _stream(command)
         progress(f"base {image}: docker import")
-        changes = [*IMPORT_CHANGES, f'LABEL cudabox.images.base="mmdebstrap {suite} {" ".join(PACKAGES)}"']
+        changes = [
+            *IMPORT_CHANGES,
+            f'LABEL cudabox.images.base="mmdebstrap {suite} {" ".join(PACKAGES)}"',
+        ]
         engine.import_tarball(tarball, image, changes)
     result = engine.run(
         image,
@@ -192,16 +195,3 @@ def _pulled(engine: Engine, image: str) -> bool:
 
 def _mb(size: int | None) -> str:
     return f"{size / 1e6:.0f} MB" if size else "-"
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "base",
-        help="make the catalog's base image(s) available: pull, else bootstrap from Debian packages",
-    )
-    parser.add_argument("--force", action="store_true", help="rebuild even when the tag exists")
-    parser.add_argument(
-        "--no-pull", action="store_true", help="bootstrap without trying the registry first"
-    )
-    parser.add_argument("--json", action="store_true")
-    parser.set_defaults(func=cmd_base)

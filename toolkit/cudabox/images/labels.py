@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cudabox import __version__
-from cudabox.images.catalog import FLAVORS, FRAMEWORKS, ImageSpec
 from cudabox.errors import DataError
+from cudabox.images.catalog import FLAVORS, FRAMEWORKS, ImageSpec
 from cudabox.versions import Arch, CudaVersion, DriverVersion
 
 PREFIX = "cudabox."

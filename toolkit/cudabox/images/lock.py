@@ -16,13 +16,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from cudabox.images.catalog import Catalog, ImageSpec, load_catalog
 from cudabox.errors import DataError, ExitCode, Unavailable, UsageError
+from cudabox.images.catalog import ImageSpec, load_catalog
+from cudabox.images.targets import resolve_targets
+from cudabox.options import WHEELHOUSE_ENV, PackageSources
 from cudabox.output import print_json, progress, table
 
 PLATFORM = "x86_64-manylinux_2_28"
-WHEELHOUSE_ENV = "CUDABOX_WHEELHOUSE"
-INDEX_ENV = "CUDABOX_INDEX_URL"
 _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 _HASH_RE = re.compile(r"--hash=(sha256:[0-9a-f]{64})")
 
@@ -79,7 +79,9 @@ def find_uv() -> str:
     return uv
 
 
-def compile_args(spec: ImageSpec, wheelhouse: Path | None, index_url: str | None) -> list[str]:
+def compile_args(
+    spec: ImageSpec, wheelhouses: tuple[Path, ...], index_url: str | None
+) -> list[str]:
     """The `uv pip compile` arguments for an image (without the uv binary and the .in path).
 
     Only images whose wheels live off PyPI (catalog `index_url`, e.g. torch +cpu) resolve from the
@@ -97,8 +99,9 @@ def compile_args(spec: ImageSpec, wheelhouse: Path | None, index_url: str | None
     if index_url:
         args += ["--index-url", index_url]
     if spec.index_url:
-        if wheelhouse is not None:
-            args += ["--find-links", str(wheelhouse)]
+        if wheelhouses:
+            for folder in wheelhouses:
+                args += ["--find-links", str(folder)]
         else:
             # The framework's own index on top of PyPI; pick the best match across both.
             args += ["--extra-index-url", spec.index_url, "--index-strategy", "unsafe-best-match"]
@@ -108,8 +111,9 @@ def compile_args(spec: ImageSpec, wheelhouse: Path | None, index_url: str | None
 def header(spec: ImageSpec, args: list[str], relative_in: str) -> str:
     """The lock's header: the command that made it, with no host path in it."""
     shown = list(args)
-    if "--find-links" in shown:
-        shown[shown.index("--find-links") + 1] = f"${WHEELHOUSE_ENV}"
+    for n, word in enumerate(args[:-1]):
+        if word == "--find-links":
+            shown[n + 1] = f"${WHEELHOUSE_ENV}"
     return (
         f"# Hash-locked requirements of the cudabox image {spec.name}. Do not edit: regenerate with\n"
         f"#    cudabox lock {spec.name}\n"
@@ -118,13 +122,11 @@ def header(spec: ImageSpec, args: list[str], relative_in: str) -> str:
     )
 
 
-def lock_image(spec: ImageSpec, root: Path, wheelhouse: Path | None, index_url: str | None) -> str:
+def lock_image(spec: ImageSpec, root: Path, sources: PackageSources) -> str:
     """Compile the lock text for one image."""
     if not spec.requirements.is_file():
         raise UsageError(f"{spec.name}: requirements file {spec.requirements} does not exist")
-    if wheelhouse is not None and not wheelhouse.is_dir():
-        raise UsageError(f"wheelhouse {wheelhouse} is not a folder")
-    args = compile_args(spec, wheelhouse, index_url)
+    args = compile_args(spec, sources.wheelhouses, sources.index_url)
     relative_in = spec.requirements.relative_to(root).as_posix()
     env = {k: v for k, v in os.environ.items() if not k.startswith("UV_")}
     # Relative paths, run from images/, so the "# via -r ..." notes do not depend on the checkout.
@@ -132,29 +134,26 @@ def lock_image(spec: ImageSpec, root: Path, wheelhouse: Path | None, index_url: 
     proc = subprocess.run(command, cwd=root, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         fix = "check the .in file and that the index answers"
-        if spec.index_url and wheelhouse is None:
-            fix = f"its wheels live on {spec.index_url}; where that is unreachable, pass --find-links DIR (or {WHEELHOUSE_ENV}) holding them"
+        if spec.index_url and not sources.wheelhouses:
+            fix = f"its wheels live on {spec.index_url}; where that is unreachable, pass --wheelhouse DIR (or {WHEELHOUSE_ENV}) holding them"
         raise DataError(f"{spec.name}: uv pip compile failed:\n{proc.stderr.strip()}", fix)
     text = header(spec, args, relative_in) + proc.stdout
     parse_lock(text)  # a lock cudabox cannot read back is a bug: fail here, not in the build
     return text
 
 
-def resolve_targets(catalog: Catalog, targets: list[str]) -> list[ImageSpec]:
-    if not targets or targets == ["all"]:
-        return list(catalog.images)
-    return [catalog.get(name) for name in targets]
-
-
 def cmd_lock(args: argparse.Namespace) -> int:
     catalog = load_catalog()
-    wheelhouse_text = args.find_links or os.environ.get(WHEELHOUSE_ENV)
-    wheelhouse = Path(wheelhouse_text).resolve() if wheelhouse_text else None
-    index_url = args.index_url or os.environ.get(INDEX_ENV) or None
+    sources = PackageSources.resolve(
+        ca_cert=args.ca_cert,
+        index_url=args.index_url,
+        wheelhouses=args.wheelhouse,
+        host_pip=args.host_pip,
+    )
     rows = []
-    for spec in resolve_targets(catalog, args.targets):
+    for spec in resolve_targets(catalog, args.targets, empty_means_all=True):
         progress(f"lock {spec.name}: {spec.requirements.relative_to(catalog.root)}")
-        text = lock_image(spec, catalog.root, wheelhouse, index_url)
+        text = lock_image(spec, catalog.root, sources)
         old = spec.lock.read_text() if spec.lock.is_file() else None
         spec.lock.parent.mkdir(parents=True, exist_ok=True)
         if old != text:
@@ -188,22 +187,3 @@ def cmd_lock(args: argparse.Namespace) -> int:
             )
         )
     return ExitCode.OK
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "lock", help="regenerate the hash-locked requirements of catalog images"
-    )
-    parser.add_argument(
-        "targets", nargs="*", metavar="TARGET", help="catalog image names (default: all)"
-    )
-    parser.add_argument(
-        "--find-links",
-        metavar="DIR",
-        help=f"a wheelhouse folder to resolve from as well (default: ${WHEELHOUSE_ENV})",
-    )
-    parser.add_argument(
-        "--index-url", metavar="URL", help=f"a PyPI mirror to resolve from (default: ${INDEX_ENV})"
-    )
-    parser.add_argument("--json", action="store_true")
-    parser.set_defaults(func=cmd_lock)

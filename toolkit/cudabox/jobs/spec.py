@@ -104,4 +104,3 @@ def shell_line(argv: Sequence[str]) -> str:
 def _expanding(word: str) -> str:
     escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
     return f'"{escaped}"'
-

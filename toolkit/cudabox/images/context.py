@@ -1,0 +1,146 @@
+"""The build context of an image: a small temporary folder, not the repository.
+
+It holds the image's Dockerfile (with its labels written in), the lock, the wheelhouse files the
+lock needs, an optional CA bundle (build stage only) and cudabox's own source.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cudabox
+from cudabox.errors import DataError, UsageError
+from cudabox.images.catalog import ImageSpec
+from cudabox.images.labels import labels_for
+from cudabox.images.lock import lock_digest, normalise, parse_lock
+from cudabox.options import PackageSources
+
+LABELS_MARKER = "# cudabox:labels"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    sources: PackageSources = field(default_factory=PackageSources)
+    nocache: bool = False
+    quiet: bool = False  # build output off (step lines only)
+
+
+def wheel_pin(filename: str) -> tuple[str, str] | None:
+    """'torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl' -> ('torch', '2.13.0+cpu')."""
+    if not filename.endswith(".whl"):
+        return None
+    parts = filename[: -len(".whl")].split("-")
+    if len(parts) < 5:
+        return None
+    return normalise(parts[0]), parts[1]
+
+
+def needed_wheels(lock_text: str, wheelhouses: tuple[Path, ...]) -> list[Path]:
+    """The wheelhouse files that match a pin of the lock (by name and version), first found wins."""
+    pins = {(p.name, p.version) for p in parse_lock(lock_text).values()}
+    found: dict[str, Path] = {}
+    for folder in wheelhouses:
+        for path in sorted(folder.glob("*.whl")):
+            if wheel_pin(path.name) in pins:
+                found.setdefault(path.name, path)
+    return [found[name] for name in sorted(found)]
+
+
+def assemble_context(
+    spec: ImageSpec, dest: Path, options: BuildOptions, cudabox_src: Path | None = None
+) -> list[str]:
+    """Fill `dest` with what the Dockerfile needs; returns the files placed, for the log."""
+    if not spec.dockerfile.is_file():
+        raise DataError(f"{spec.name}: Dockerfile {spec.dockerfile} does not exist")
+    if not spec.lock.is_file():
+        raise DataError(
+            f"{spec.name}: lock {spec.lock} does not exist", f"run `cudabox lock {spec.name}`"
+        )
+    lock_text = spec.lock.read_text()
+    pins = parse_lock(lock_text)
+    placed = ["Dockerfile", "build/requirements.txt", "catalog.toml", "cudabox/"]
+    (dest / "Dockerfile").write_text(
+        dockerfile_with_labels(
+            spec.dockerfile.read_text(), labels_for(spec, lock_digest(spec.lock)), spec
+        )
+    )
+    wheels = dest / "build" / "wheels"
+    wheels.mkdir(parents=True)
+    shutil.copyfile(spec.lock, dest / "build" / "requirements.txt")
+    shutil.copyfile(spec.dockerfile.parent.parent / "catalog.toml", dest / "catalog.toml")
+    sources = options.sources
+    if sources.ca_cert is not None:
+        shutil.copyfile(sources.ca_cert, dest / "build" / "ca.pem")
+        placed.append("build/ca.pem")
+    if sources.wheelhouses:
+        for wheel in needed_wheels(lock_text, sources.wheelhouses):
+            _link_or_copy(wheel, wheels / wheel.name)
+            placed.append(f"build/wheels/{wheel.name}")
+        local = [p for p in pins.values() if "+" in p.version]
+        found = {wheel_pin(Path(p).name) for p in placed if p.endswith(".whl")}
+        for pin in local:
+            if (pin.name, pin.version) not in found:
+                raise UsageError(
+                    f"{spec.name}: the lock needs {pin.name}=={pin.version}, which is not in the wheelhouse {', '.join(map(str, sources.wheelhouses))}",
+                    f"add its wheel there, or build without --wheelhouse where {spec.index_url or 'its index'} answers",
+                )
+    source = cudabox_src or Path(cudabox.__file__).resolve().parent
+    shutil.copytree(
+        source,
+        dest / "cudabox",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache"),
+    )
+    return placed
+
+
+def _quote(text: str) -> str:
+    """A Dockerfile double-quoted string (no variable expansion)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def dockerfile_with_labels(text: str, labels: dict[str, str], spec: ImageSpec) -> str:
+    """Put the labels in the Dockerfile's `# cudabox:labels` line, as one LABEL instruction.
+
+    One instruction instead of the engine's per-label steps: the classic builder commits a layer
+    for each, which would cost seconds on every rebuild.
+    """
+    if LABELS_MARKER not in text.splitlines():
+        raise DataError(f"{spec.dockerfile} has no {LABELS_MARKER!r} line where the labels go")
+    instruction = "LABEL " + " \\\n      ".join(
+        f"{_quote(k)}={_quote(v)}" for k, v in sorted(labels.items())
+    )
+    return (
+        "\n".join(instruction if line == LABELS_MARKER else line for line in text.splitlines())
+        + "\n"
+    )
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        target.hardlink_to(source)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def build_args(spec: ImageSpec, options: BuildOptions) -> dict[str, str]:
+    extra = spec.index_url if spec.index_url and not options.sources.wheelhouses else ""
+    return {
+        "BASE_IMAGE": spec.base_image,
+        "PIP_INDEX_URL": options.sources.index_url or "",
+        "PIP_EXTRA_INDEX_URL": extra,
+    } | ({"NVIDIA_REQUIRE_CUDA": spec.require_cuda} if spec.require_cuda else {})
+
+
+@contextmanager
+def build_context(
+    spec: ImageSpec, options: BuildOptions, cudabox_src: Path | None = None
+) -> Iterator[Path]:
+    """The assembled context in a temporary folder, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=f"cudabox-build-{spec.name}-") as tmp:
+        assemble_context(spec, Path(tmp), options, cudabox_src)
+        yield Path(tmp)

@@ -1,0 +1,130 @@
+"""The proof of contents: what the framework reports inside the image, against the catalog.
+
+The in-image `facts.py` of the framework (images/units/FRAMEWORK/) reports version, CUDA,
+cuDNN and architectures; the labels and the image config are checked too; then the in-image unit
+scripts run under a hard timeout. What the image reports beats any table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cudabox.container import ContainerEngine
+from cudabox.errors import BuildError
+from cudabox.images.catalog import ImageSpec
+from cudabox.images.labels import Reported, compare, compare_labels
+from cudabox.images.lock import lock_digest
+from cudabox.output import progress
+
+UNIT_TIMEOUT_S = 300
+
+
+@dataclass
+class VerifyResult:
+    name: str
+    tag: str
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    reported: dict[str, Any] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    image_bytes: int = 0
+    base_bytes: int = 0
+    packages_bytes: int = 0
+
+    @property
+    def overhead_pct(self) -> float | None:
+        content = self.base_bytes + self.packages_bytes
+        if not content or not self.image_bytes:
+            return None
+        return round(100 * (self.image_bytes - content) / content, 1)
+
+
+def units_dir(catalog_root: Path, spec: ImageSpec) -> Path:
+    return catalog_root / "units" / spec.framework
+
+
+def run_script(
+    engine: ContainerEngine,
+    tag: str,
+    script: Path,
+    gpus: bool,
+    labels: dict[str, str] | None = None,
+) -> tuple[bool, str, float]:
+    """Run one in-image script (copied in, not mounted) under a hard timeout."""
+    result = engine.run(
+        tag,
+        ["python", f"/tmp/cudabox-units/{script.name}"],
+        timeout=UNIT_TIMEOUT_S,
+        files={script.name: script.read_bytes()},
+        files_dir="/tmp/cudabox-units",
+        labels=labels,
+        gpus=gpus,
+    )
+    if result.timed_out:
+        return False, f"timed out after {UNIT_TIMEOUT_S} s\n{result.output}", result.seconds
+    return result.ok, result.output, result.seconds
+
+
+def verify_image(
+    engine: ContainerEngine,
+    spec: ImageSpec,
+    catalog_root: Path,
+    tag: str | None = None,
+    gpus: bool = False,
+    run_units: bool = True,
+) -> VerifyResult:
+    """The proof of contents: the framework's own report against the catalog and the labels."""
+    tag = tag or spec.tag
+    info = engine.image(tag)
+    if info is None:
+        raise BuildError(f"image {tag} does not exist", f"build it: cudabox build {spec.name}")
+    result = VerifyResult(spec.name, tag, ok=False, image_bytes=info.size)
+    base = engine.image(spec.base_image)
+    result.base_bytes = base.size if base else 0
+    folder = units_dir(catalog_root, spec)
+    progress(f"verify {spec.name}: {folder.name}/facts.py in {tag}")
+    ok, output, _ = run_script(engine, tag, folder / "facts.py", gpus)
+    if not ok:
+        raise BuildError(
+            f"{spec.name}: the facts check failed inside {tag}:\n{output.strip()[-3000:]}"
+        )
+    try:
+        data = json.loads(output.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        raise BuildError(
+            f"{spec.name}: the facts check printed no JSON:\n{output.strip()[-3000:]}"
+        ) from None
+    result.packages_bytes = int(data.pop("packages_bytes", 0))
+    result.reported = data
+    reported = Reported.from_json(data)
+    problems = [f"catalog: {p}" for p in compare(spec, reported)]
+    problems += [f"labels: {p}" for p in compare_labels(spec, info.labels, lock_digest(spec.lock))]
+    if info.user in ("", "root", "0", "0:0"):
+        problems.append(f"image config: USER is {info.user or 'unset'} (root)")
+    if spec.is_cuda and info.env.get("NVIDIA_REQUIRE_CUDA") != spec.require_cuda:
+        problems.append(
+            f"image config: NVIDIA_REQUIRE_CUDA={info.env.get('NVIDIA_REQUIRE_CUDA')!r}, expected {spec.require_cuda!r}"
+        )
+    if run_units:
+        for script in sorted(folder.glob("unit_*.py")):
+            ok, output, seconds = run_script(engine, tag, script, gpus)
+            last = output.strip().splitlines()[-1] if output.strip() else ""
+            result.units[script.name] = f"{'ok' if ok else 'FAILED'} ({seconds:.1f} s): {last}"
+            progress(f"verify {spec.name}: {script.name}: {result.units[script.name]}")
+            if not ok:
+                problems.append(f"unit {script.name} failed:\n{output.strip()[-2000:]}")
+    result.problems = problems
+    result.ok = not problems
+    return result
+
+
+def require_verified(result: VerifyResult) -> None:
+    if not result.ok:
+        raise BuildError(
+            f"{result.name}: the image {result.tag} does not hold what the catalog says:\n  "
+            + "\n  ".join(result.problems),
+            "what the image reports beats the table: correct images/catalog.toml (or the lock), then rebuild",
+        )

@@ -1,0 +1,229 @@
+"""Typed options, built at the edge from flags, CUDABOX_* variables and the host's pip config.
+
+Commands turn their argparse Namespace into these values at once; deeper code never sees a
+Namespace. The precedence is the same everywhere: a flag, then its CUDABOX_* variable, then
+(with --host-pip or CUDABOX_HOST_PIP=1) what the host's own `pip config` says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from cudabox.container import Ulimit
+from cudabox.errors import UsageError
+
+CA_ENV = "CUDABOX_CA_CERT"
+INDEX_ENV = "CUDABOX_INDEX_URL"
+WHEELHOUSE_ENV = "CUDABOX_WHEELHOUSE"
+HOST_PIP_ENV = "CUDABOX_HOST_PIP"
+REGISTRY_ENV = "CUDABOX_REGISTRY"
+
+
+# ---- the host's pip configuration --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipConfig:
+    """What `pip config list` says about where packages come from."""
+
+    cert: Path | None = None
+    index_url: str | None = None
+    # Local find-links folders only: a URL cannot enter a build context.
+    find_links: tuple[Path, ...] = ()
+
+
+def parse_pip_config(listing: str) -> PipConfig:
+    """Parse `pip config list` output: `scope.key='value'` lines, the first scope shown wins.
+
+    pip prints the environment (`:env:.`) before site, user and global files, in its own order
+    of precedence; find-links may hold several locations separated by whitespace, as paths or
+    file:// URLs.
+    """
+    values: dict[str, str] = {}
+    for line in listing.splitlines():
+        key, sep, value = line.partition("=")
+        name = key.strip().rsplit(".", 1)[-1]
+        if sep and name in ("cert", "index-url", "find-links"):
+            values.setdefault(name, _unquote(value.strip()))
+    folders = []
+    for location in values.get("find-links", "").split():
+        folder = _local_folder(location)
+        if folder is not None and folder not in folders:
+            folders.append(folder)
+    cert = values.get("cert")
+    return PipConfig(
+        cert=Path(cert) if cert else None,
+        index_url=values.get("index-url") or None,
+        find_links=tuple(folders),
+    )
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _local_folder(location: str) -> Path | None:
+    """A find-links entry as a local folder, or None (a remote URL, or not a folder)."""
+    if "://" in location:
+        parsed = urlparse(location)
+        if parsed.scheme != "file":
+            return None
+        location = unquote(parsed.path)
+    folder = Path(location)
+    return folder if folder.is_dir() else None
+
+
+def read_pip_config(python: str = sys.executable) -> PipConfig:
+    """The host pip's settings; an unreadable configuration counts as none."""
+    try:
+        listing = subprocess.run(
+            [python, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return PipConfig()
+    return parse_pip_config(listing)
+
+
+# ---- where packages come from (lock and build) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackageSources:
+    """The CA bundle, index and local wheel folders that locking and building use."""
+
+    ca_cert: Path | None = None
+    index_url: str | None = None
+    wheelhouses: tuple[Path, ...] = ()
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        ca_cert: str | None = None,
+        index_url: str | None = None,
+        wheelhouses: Sequence[str] = (),
+        host_pip: bool = False,
+        env: Mapping[str, str] | None = None,
+        pip: PipConfig | None = None,
+    ) -> PackageSources:
+        """Flags, then CUDABOX_* variables, then (host_pip or CUDABOX_HOST_PIP=1) the host pip."""
+        env = os.environ if env is None else env
+        use_host = host_pip or env.get(HOST_PIP_ENV) == "1"
+        host = (pip if pip is not None else read_pip_config()) if use_host else PipConfig()
+        ca = ca_cert or env.get(CA_ENV) or (str(host.cert) if host.cert else None)
+        if wheelhouses:
+            folders = [Path(w) for w in wheelhouses]
+        elif env.get(WHEELHOUSE_ENV):
+            folders = [Path(w) for w in env[WHEELHOUSE_ENV].split(os.pathsep) if w]
+        else:
+            folders = list(host.find_links)
+        sources = cls(
+            ca_cert=Path(ca) if ca else None,
+            index_url=index_url or env.get(INDEX_ENV) or host.index_url,
+            wheelhouses=tuple(folder.resolve() for folder in folders),
+        )
+        if sources.ca_cert is not None and not sources.ca_cert.is_file():
+            raise UsageError(
+                f"CA bundle {sources.ca_cert} does not exist",
+                f"pass an existing PEM file with --ca-cert (or unset {CA_ENV})",
+            )
+        for folder in sources.wheelhouses:
+            if not folder.is_dir():
+                raise UsageError(
+                    f"wheelhouse {folder} is not a folder",
+                    f"pass a folder of wheels with --wheelhouse (or unset {WHEELHOUSE_ENV})",
+                )
+        return sources
+
+
+# ---- values a user types ------------------------------------------------------------------------
+
+# Docker's size syntax (go-units RAMInBytes): 4g, 512m, 1.5GB, 64MiB.
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?) ?([kKmMgGtTpP])?[iI]?[bB]?$")
+ULIMIT_NAMES = frozenset(
+    [
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    ]
+)
+
+
+def parse_size(text: str, flag: str) -> str:
+    """A size the engine accepts (`4g`, `512m`, `1GB`); a UsageError naming the flag otherwise."""
+    match = _SIZE_RE.match(text.strip())
+    if not match or float(match[1]) <= 0:
+        raise UsageError(
+            f"{flag} {text!r} is not a size", f"write it like the engine does: {flag} 4g or 512m"
+        )
+    return text.strip()
+
+
+def parse_ulimit(item: str) -> Ulimit:
+    """NAME=SOFT[:HARD], -1 meaning unlimited; soft may not exceed hard."""
+    name, _, values = item.partition("=")
+    soft_text, _, hard_text = values.partition(":")
+    hard_text = hard_text or soft_text
+
+    def number(text: str) -> int | None:
+        return int(text) if re.fullmatch(r"-1|\d+", text.strip()) else None
+
+    soft, hard = number(soft_text), number(hard_text)
+    if name not in ULIMIT_NAMES or soft is None or hard is None:
+        raise UsageError(
+            f"--ulimit {item!r} is not NAME=SOFT[:HARD]",
+            f"e.g. --ulimit nofile=1024:4096 or memlock=-1 (names: {', '.join(sorted(ULIMIT_NAMES))})",
+        )
+    unlimited = -1
+    if hard != unlimited and (soft == unlimited or soft > hard):
+        raise UsageError(
+            f"--ulimit {item!r}: the soft limit is above the hard limit",
+            f"make SOFT <= HARD, e.g. --ulimit {name}={hard}:{hard}",
+        )
+    return Ulimit(name, soft, hard)
+
+
+def parse_pairs(items: Sequence[str], flag: str) -> dict[str, str]:
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} {item!r} is not KEY=VALUE", f"write it as {flag} NAME=value")
+        result[key] = value
+    return result
+
+
+def current_directory() -> Path:
+    """The working directory; a deleted one is a usage error, not a traceback."""
+    try:
+        return Path.cwd()
+    except FileNotFoundError:
+        raise UsageError(
+            "the current directory no longer exists (it was deleted after this shell entered it)",
+            "cd into an existing folder and run the command again",
+        ) from None
