@@ -1,7 +1,8 @@
 """The sessions people type: `nox -s train`, `nox -s build-torch-gpu`, `nox -s tests`, ...
 
 Sessions are thin: each calls the `cudabox` command line, so what nox does a user can do by hand.
-Plain `nox` runs only the cheap sessions (lint, tests).
+The build, train and publish sessions are generated from one table. Plain `nox` runs only the
+cheap sessions (lint, tests); `nox -t build` or `nox -t train` runs a family.
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ TEST_TORCH = os.environ.get("CUDABOX_TEST_TORCH", "torch==2.13.0")
 # TensorFlow for the workload tests that run in-process (the same release as the tf images).
 TEST_TF = os.environ.get("CUDABOX_TEST_TF", "tensorflow-cpu==2.21.0")
 
-FRAMEWORKS = {"torch": "torch", "tf": "tensorflow"}
-FLAVORS = {"gpu": "cuda", "cpu": "cpu"}
+# (session suffix, framework, flavour for `cudabox build`, `cudabox train` flags)
+KINDS = (
+    ("torch-gpu", "torch", "cuda", ("--require-gpu",)),
+    ("torch-cpu", "torch", "cpu", ("--cpu",)),
+    ("tf-gpu", "tensorflow", "cuda", ("--require-gpu",)),
+    ("tf-cpu", "tensorflow", "cpu", ("--cpu",)),
+)
 
 
 def _install(session: nox.Session, *packages: str, dev: bool = False) -> None:
@@ -34,7 +40,7 @@ def _install(session: nox.Session, *packages: str, dev: bool = False) -> None:
         session.install(*packages)
 
 
-def _host_pip_passthrough() -> dict[str, str]:
+def _env() -> dict[str, str]:
     """Builds take the host pip's CA bundle, index and find-links (`cudabox build --host-pip`).
 
     Behind a TLS-intercepting proxy or with a private mirror, builds need what the host's pip
@@ -43,138 +49,132 @@ def _host_pip_passthrough() -> dict[str, str]:
     return {"CUDABOX_HOST_PIP": os.environ.get("CUDABOX_HOST_PIP", "1")}
 
 
-def _ensure_base(session: nox.Session) -> None:
-    """Pull the catalog's base image, or bootstrap it from Debian packages where no registry answers."""
-    session.run("cudabox", "base")
+def _cudabox(session: nox.Session, *args: str) -> None:
+    session.run("cudabox", *args, *session.posargs, env=_env())
 
 
-def _build(session: nox.Session, *targets: str) -> None:
+def _prepare(session: nox.Session) -> None:
+    """cudabox installed; the base image there (pulled, or bootstrapped where no registry
+    answers), unless images come from a registry."""
     _install(session)
-    env = _host_pip_passthrough()
-    _ensure_base(session)
-    session.run("cudabox", "build", *targets, *session.posargs, env=env)
+    if not os.environ.get("CUDABOX_REGISTRY"):
+        session.run("cudabox", "base", env=_env())
 
 
-@nox.session(name="build-torch-gpu")
-def build_torch_gpu(session: nox.Session) -> None:
-    """Build the newest PyTorch CUDA image."""
-    _build(session, "torch:cuda")
+def _build_session(suffix: str, framework: str, flavor: str) -> None:
+    @nox.session(name=f"build-{suffix}", tags=["build"])
+    def build(session: nox.Session) -> None:
+        _prepare(session)
+        _cudabox(session, "build", f"{framework}:{flavor}")
+
+    build.__doc__ = f"Build the newest {framework} {flavor} image and verify it."
 
 
-@nox.session(name="build-torch-cpu")
-def build_torch_cpu(session: nox.Session) -> None:
-    """Build the PyTorch CPU image."""
-    _build(session, "torch:cpu")
+def _train_session(suffix: str, framework: str, flags: tuple[str, ...]) -> None:
+    @nox.session(name=f"train-{suffix}", tags=["train"])
+    def train(session: nox.Session) -> None:
+        _train(session, framework, suffix, *flags)
 
-
-@nox.session(name="build-tf-gpu")
-def build_tf_gpu(session: nox.Session) -> None:
-    """Build the newest TensorFlow CUDA image."""
-    _build(session, "tensorflow:cuda")
-
-
-@nox.session(name="build-tf-cpu")
-def build_tf_cpu(session: nox.Session) -> None:
-    """Build the TensorFlow CPU image."""
-    _build(session, "tensorflow:cpu")
-
-
-@nox.session(name="build-all")
-def build_all(session: nox.Session) -> None:
-    """Build every catalog image (about 30 GB of images)."""
-    _build(session, "all")
-
-
-@nox.session
-def base(session: nox.Session) -> None:
-    """Make the catalog's base image available (pull, or bootstrap it with mmdebstrap)."""
-    _install(session)
-    session.run("cudabox", "base", *session.posargs)
-
-
-@nox.session
-def lock(session: nox.Session) -> None:
-    """Regenerate the hash-locked requirements of every image (or those named after --)."""
-    _install(session, "uv")
-    session.run("cudabox", "lock", *session.posargs, env=_host_pip_passthrough())
-
-
-@nox.session(name="verify-images")
-def verify_images(session: nox.Session) -> None:
-    """Build and verify every catalog image, one at a time, and record what each reported."""
-    _install(session)
-    env = _host_pip_passthrough()
-    _ensure_base(session)
-    targets = session.posargs or ["all"]
-    session.run(
-        "cudabox", "verify", *targets, "--record", "images/verified.json", "--remove-after", env=env
+    gpu = "--require-gpu" in flags
+    train.__doc__ = f"Smoke-train {framework} " + (
+        "on the GPUs (fails at once without a usable GPU)." if gpu else "in the CPU image."
     )
 
 
-def _train(session: nox.Session, framework: str, flavor: str) -> None:
-    """Build the image if missing, run the smoke workload in it, print a summary."""
-    _install(session)
-    env = _host_pip_passthrough()
-    _ensure_base(session)
-    args = {"auto": [], "cpu": ["--cpu"], "gpu": ["--require-gpu"]}[flavor]
-    out = ROOT / "runs" / f"{framework}-{flavor}"
-    session.run("cudabox", "train", framework, *args, "--out", str(out), *session.posargs, env=env)
+def _train(session: nox.Session, framework: str, run: str, *flags: str) -> None:
+    """Build (or, with CUDABOX_REGISTRY, pull) the image, train in it, print a summary."""
+    _prepare(session)
+    out = ROOT / "runs" / run
+    _cudabox(session, "train", framework, *flags, "--out", str(out))
 
 
-@nox.session(name="train-torch-gpu")
-def train_torch_gpu(session: nox.Session) -> None:
-    """Smoke-train PyTorch on the GPUs (fails at once on a host without a usable GPU)."""
-    _train(session, "torch", "gpu")
-
-
-@nox.session(name="train-torch-cpu")
-def train_torch_cpu(session: nox.Session) -> None:
-    """Smoke-train PyTorch in the CPU image."""
-    _train(session, "torch", "cpu")
-
-
-@nox.session(name="train-tf-gpu")
-def train_tf_gpu(session: nox.Session) -> None:
-    """Smoke-train TensorFlow on the GPUs (fails at once on a host without a usable GPU)."""
-    _train(session, "tensorflow", "gpu")
-
-
-@nox.session(name="train-tf-cpu")
-def train_tf_cpu(session: nox.Session) -> None:
-    """Smoke-train TensorFlow in the CPU image."""
-    _train(session, "tensorflow", "cpu")
+for _suffix, _framework, _flavor, _flags in KINDS:
+    _build_session(_suffix, _framework, _flavor)
+    _train_session(_suffix, _framework, _flags)
 
 
 @nox.session
 def train(session: nox.Session) -> None:
     """The main job: smoke-train PyTorch in the image that fits this host (GPU if usable, else CPU)."""
-    _train(session, "torch", "auto")
+    _train(session, "torch", "torch-auto")
+
+
+@nox.session(name="train-torch-ddp", tags=["train"])
+def train_torch_ddp(session: nox.Session) -> None:
+    """Distributed smoke training: 2 processes (torchrun, gloo) in the CPU image."""
+    _train(session, "torch", "torch-ddp", "--cpu", "--nproc-per-node", "2")
+
+
+@nox.session(name="build-all", tags=["build"])
+def build_all(session: nox.Session) -> None:
+    """Build every catalog image (about 30 GB of images)."""
+    _prepare(session)
+    _cudabox(session, "build", "all")
+
+
+@nox.session
+def base(session: nox.Session) -> None:
+    """Make the base image available (pull the official one, or bootstrap it with mmdebstrap)."""
+    _install(session)
+    _cudabox(session, "base")
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Regenerate the hash-locked requirements (and their sizes) of every image, then render."""
+    _install(session, "uv")
+    _cudabox(session, "lock")
+    session.run("cudabox", "render", env=_env())
+
+
+@nox.session
+def render(session: nox.Session) -> None:
+    """Write each image's Dockerfile from images/Dockerfile.template and its lock."""
+    _install(session)
+    _cudabox(session, "render")
+
+
+@nox.session(name="verify-images", tags=["build"])
+def verify_images(session: nox.Session) -> None:
+    """Build and verify every catalog image, one at a time, and record what each reported."""
+    _prepare(session)
+    targets = session.posargs or ["all"]
+    record = ("--record", "images/verified.json", "--remove-after")
+    session.run("cudabox", "verify", *targets, *record, env=_env())
+
+
+@nox.session
+def publish(session: nox.Session) -> None:
+    """Push images to $CUDABOX_REGISTRY (targets after --, default every image)."""
+    _prepare(session)
+    targets = session.posargs or ["all"]
+    session.run("cudabox", "publish", *targets, env=_env())
 
 
 @nox.session
 def doctor(session: nox.Session) -> None:
     """Validate this host's driver/CUDA/engine/framework stack (`-- --level full --json FILE`)."""
-    _install(session)
-    _ensure_base(session)
-    session.run("cudabox", "doctor", *session.posargs, env=_host_pip_passthrough())
+    _prepare(session)
+    _cudabox(session, "doctor")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite. Docker tests run against the real engine (CI forbids skipping them)."""
+    """The test suite. Docker, registry, Slurm and Podman tests run against the real things."""
     _install(session, TEST_TORCH, TEST_TF, dev=True)
-    env = {**_host_pip_passthrough(), "PYTHONUNBUFFERED": "1"}
+    env = {**_env(), "PYTHONUNBUFFERED": "1"}
     session.run("pytest", *session.posargs, env=env)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff, mypy --strict, hadolint on the Dockerfiles, actionlint on the workflows."""
+    """ruff, mypy --strict, rendered Dockerfiles current, hadolint, actionlint."""
     _install(session, dev=True)
-    session.run("ruff", "check", "toolkit", "tests", "noxfile.py")
-    session.run("ruff", "format", "--check", "toolkit", "tests", "noxfile.py")
+    session.run("ruff", "check", "toolkit", "tests", "noxfile.py", "benchmarks")
+    session.run("ruff", "format", "--check", "toolkit", "tests", "noxfile.py", "benchmarks")
     session.run("mypy")
-    dockerfiles = sorted(str(p) for p in ROOT.glob("images/*/Dockerfile"))
+    session.run("cudabox", "render", "--check")
+    dockerfiles = sorted(str(p) for p in ROOT.glob("images/*/*/Dockerfile"))
     session.run("hadolint", "--config", "images/hadolint.yaml", *dockerfiles)
     _actionlint(session)
 
@@ -196,20 +196,24 @@ def _actionlint(session: nox.Session) -> None:
     )
 
 
-@nox.session(name="bench-launch")
+@nox.session(name="bench-launch", tags=["bench"])
 def bench_launch(session: nox.Session) -> None:
     """Container overhead and start-up stages: the smoke workload in the image vs --here."""
     _install(session, TEST_TORCH)
-    _ensure_base(session)
-    env = _host_pip_passthrough()
-    session.run("python", "benchmarks/launch_overhead.py", *session.posargs, env=env)
+    session.run("cudabox", "base", env=_env())
+    session.run("python", "benchmarks/launch_overhead.py", *session.posargs, env=_env())
 
 
-@nox.session(name="bench-images")
+@nox.session(name="bench-images", tags=["bench"])
 def bench_images(session: nox.Session) -> None:
-    """Image size overhead, cold build and cudabox-only rebuild times."""
+    """Layers, reproducibility, size overhead, cold build and cudabox-only rebuild times."""
     _install(session)
-    _ensure_base(session)
-    session.run(
-        "python", "benchmarks/image_build.py", *session.posargs, env=_host_pip_passthrough()
-    )
+    session.run("cudabox", "base", env=_env())
+    session.run("python", "benchmarks/image_build.py", *session.posargs, env=_env())
+
+
+@nox.session(name="bench-registry", tags=["bench"])
+def bench_registry(session: nox.Session) -> None:
+    """Choosing in a local registry without pulling, and pull time and bytes (needs Docker)."""
+    _install(session, dev=True)
+    session.run("python", "benchmarks/registry.py", *session.posargs, env=_env())

@@ -55,7 +55,9 @@ def selection_for(options: SelectOptions) -> Selection:
     if options.registry:
         from cudabox.images.publish import registry_catalog
 
-        catalog = registry_catalog(catalog, options.registry, options.tag, options.registry_ca)
+        catalog = registry_catalog(
+            catalog, options.registry, options.tag, options.registry_ca, options.framework
+        )
     elif options.local:
         catalog = with_local_images(catalog)
     return select(catalog, hosts_from_files(options.hosts), options.framework, options.flavor)

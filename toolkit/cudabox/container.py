@@ -173,6 +173,16 @@ class BuildOutcome:
 
 
 @dataclass(frozen=True)
+class TransferEvent:
+    """One progress answer of a push or pull: a layer's state and its bytes so far."""
+
+    layer: str | None  # short layer id; None for messages about the whole image
+    status: str  # "Pulling fs layer", "Downloading", "Pushed", "Already exists", ...
+    current: int | None = None
+    total: int | None = None
+
+
+@dataclass(frozen=True)
 class Ulimit:
     name: str
     soft: int  # -1: unlimited

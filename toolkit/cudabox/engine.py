@@ -36,6 +36,7 @@ from cudabox.container import (
     GpuRequest,
     ImageInfo,
     RunResult,
+    TransferEvent,
     gpu_refusal,
 )
 from cudabox.errors import BuildError, CudaboxError, DiskFull, EngineError, Unavailable
@@ -87,16 +88,6 @@ class BuildLog:
     layer_step: str = ""
     # (instruction, resulting image id) per finished step, in order.
     layers: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class TransferEvent:
-    """One progress answer of a push or pull: a layer's state and its bytes so far."""
-
-    layer: str | None  # short layer id; None for messages about the whole image
-    status: str  # "Pulling fs layer", "Downloading", "Pushed", "Already exists", ...
-    current: int | None = None
-    total: int | None = None
 
 
 class Engine:

@@ -36,6 +36,7 @@ from cudabox.host import HostProfile
 from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.jobs.spec import Rendezvous, torchrun_argv
 from cudabox.options import (
+    REGISTRY_ENV,
     current_directory,
     parse_pairs,
     parse_size,
@@ -83,6 +84,9 @@ class LaunchOptions:
     nproc_per_node: int = 1
     nnodes: int = 1
     rdzv: Rendezvous | None = None
+    registry: str | None = None  # choose and pull there instead of building
+    registry_tag: str = "latest"
+    registry_ca: Path | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LaunchOptions:
@@ -125,6 +129,9 @@ class LaunchOptions:
             nproc_per_node=nproc,
             nnodes=nnodes,
             rdzv=rdzv,
+            registry=(args.registry or os.environ.get(REGISTRY_ENV) or "").rstrip("/") or None,
+            registry_tag=args.tag,
+            registry_ca=args.registry_ca,
         )
 
     @property
@@ -154,23 +161,64 @@ def workspace_from(named: Path | None) -> Path:
 
 
 def choose_image(
-    framework: str, image: str, cpu: bool, require_gpu: bool, profile: HostProfile
+    framework: str,
+    image: str,
+    cpu: bool,
+    require_gpu: bool,
+    profile: HostProfile,
+    registry: LaunchOptions | None = None,
 ) -> Choice:
+    """The image to run: named, or the newest that fits (in the registry when one is given)."""
     catalog = load_catalog()
     if image != "auto":
+        if is_reference(image):
+            return Choice(image_from_reference(image), "named with --image", profile)
         return Choice(catalog.get(image), "named with --image", profile)
     if require_gpu:
         require_visible_gpu(framework, profile, here=False)
     flavor: Flavor = "cpu" if cpu else ("cuda" if require_gpu else "auto")
+    if registry is not None and registry.registry:
+        from cudabox.images.publish import registry_catalog
+
+        catalog = registry_catalog(
+            catalog, registry.registry, registry.registry_tag, registry.registry_ca, framework
+        )
     selection = select(catalog, [profile], framework, flavor)
     if selection.selected is None:
         raise NoImageFits(selection.message or "no image fits this host", selection.fix)
     verdict = next(v for v in selection.verdicts if v.image == selection.selected)
     notes = "; ".join(r.text for r in verdict.reasons)
-    why = f"newest {framework} {selection.selected.flavor} image that fits this host"
+    where = " in the registry" if registry is not None and registry.registry else ""
+    why = f"newest {framework} {selection.selected.flavor} image{where} that fits this host"
     if flavor == "auto" and not profile.visible_gpus:
         why += f"; no usable GPU ({profile.message or 'none visible'})"
     return Choice(selection.selected, f"{why}{' (' + notes + ')' if notes else ''}", profile)
+
+
+def is_reference(image: str) -> bool:
+    """An image reference (`cudabox/torch-2.13-cpu:latest`, `REPO/NAME@sha256:...`), not a name."""
+    return "/" in image or "@" in image or ":" in image
+
+
+def image_from_reference(ref: str) -> ImageSpec:
+    """The facts of an image named by reference: from the engine's copy, else from its registry.
+
+    Nothing is pulled here; the launch pulls exactly this reference when it is missing.
+    """
+    from cudabox.engine import Engine
+    from cudabox.images.labels import spec_from_labels
+
+    with Engine.connect(read_timeout=60) as engine:
+        info = engine.image(ref)
+    if info is not None:
+        return spec_from_labels(dict(info.labels), ref)
+    from cudabox.images.remote import spec_of
+    from cudabox.registry import RegistryClient
+
+    with RegistryClient() as client:
+        remote = client.image(ref)
+    # Pinned to the digest that was read: a tag may move before the pull.
+    return spec_of(remote, str(remote.pinned))
 
 
 def require_visible_gpu(framework: str, profile: HostProfile, here: bool) -> None:
@@ -187,7 +235,12 @@ def require_visible_gpu(framework: str, profile: HostProfile, here: bool) -> Non
 
 
 def ensure_image(engine: Engine, spec: ImageSpec, build_missing: bool) -> None:
-    """Build the image when the engine lacks it (or say which command builds it)."""
+    """Pull a registry image by digest, or build a catalog image the engine lacks."""
+    if "@" in spec.tag:
+        from cudabox.images.publish import pull_judged
+
+        pull_judged(engine, spec)
+        return
     info = engine.image(spec.tag)
     if info is not None:
         _warn_if_stale(spec, info.labels)
@@ -445,7 +498,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "no command to run", "put it after --, e.g. `cudabox run -- python train.py`"
         )
     options = LaunchOptions.from_args(args)
-    choice = choose_image(options.framework, options.image, options.cpu, False, _probe())
+    choice = choose_image(options.framework, options.image, options.cpu, False, _probe(), options)
     code = launch(options, choice, command)
     return ExitCode.OK if code is None else code
 
@@ -504,7 +557,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_here(module, options)
 
     choice = choose_image(
-        framework, options.launch.image, options.launch.cpu, options.require_gpu, _probe()
+        framework,
+        options.launch.image,
+        options.launch.cpu,
+        options.require_gpu,
+        _probe(),
+        options.launch,
     )
     command = ["python", "-m", module, "--out", OUT_DIR, *options.workload]
     # With --json, stdout carries only the summary; the workload's progress goes to stderr.

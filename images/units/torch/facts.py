@@ -5,6 +5,7 @@ the image's labels.
 """
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -15,13 +16,16 @@ import torch
 
 def installed() -> tuple[dict[str, str], int]:
     """Installed distributions (name -> version) and the bytes their files take on disk."""
-    versions, total = {}, 0
+    versions, files = {}, set()
     for dist in importlib.metadata.distributions():
         versions[dist.metadata["Name"].lower()] = dist.version
         for file in dist.files or ():
             path = Path(file.locate())
-            if path.is_file():
-                total += path.stat().st_size
+            files.add(path)
+            if path.suffix == ".py":
+                # The image compiles bytecode itself (RECORD does not list it): it is the package's.
+                files.add(Path(importlib.util.cache_from_source(path)))
+    total = sum(path.stat().st_size for path in files if path.is_file())
     return versions, total
 
 

@@ -1,14 +1,18 @@
-"""`cudabox base`: make the catalog's base image(s) locally, for hosts that cannot pull them.
+"""`cudabox base`: the images' base: the official image where a registry answers, else a bootstrap.
 
-Air-gapped clusters (and this project's CI) have no registry. mmdebstrap builds a minimal Debian
-with Python from Debian packages, `docker import` turns it into an image, and it is tagged
-exactly as the catalog names it, so the Dockerfiles work unchanged. The package list it contains
-is recorded in images/base/, so what the base holds is reviewable.
+The catalog names the official base (`python:3.11-slim-bookworm`, pinned by digest where one was
+read). Air-gapped clusters (and this project's CI) have no registry: there mmdebstrap builds a
+minimal Debian with its own Python from Debian packages, and `docker import` makes it the image
+`cudabox/debian-python:SUITE`. It has its own name, since it is not the official image (another
+Python, in another place); builds take whichever of the two the engine has, and label the image
+with the one they used. With SOURCE_DATE_EPOCH (a fixed default otherwise), the same package
+versions give the same layer, byte for byte. The package list is recorded in images/base/.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -19,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cudabox.errors import BuildError, CudaboxError, ExitCode, Unavailable, UsageError
-from cudabox.images.catalog import load_catalog
+from cudabox.images.catalog import ImageSpec, load_catalog
+from cudabox.images.context import source_date_epoch
 from cudabox.output import print_json, progress, table
 
 if TYPE_CHECKING:
@@ -33,6 +38,18 @@ IMPORT_CHANGES = (
     "ENV LANG=C.UTF-8",
     'CMD ["python3"]',
 )
+
+
+BOOTSTRAP_REPOSITORY = "cudabox/debian-python"
+
+
+@dataclass(frozen=True)
+class BaseChoice:
+    """The base a build uses: its reference and what pins it (a repo digest, else the image id)."""
+
+    ref: str
+    digest: str
+    bootstrapped: bool
 
 
 @dataclass(frozen=True)
@@ -63,27 +80,65 @@ def package_list_path(images_dir: Path, image: str) -> Path:
     return images_dir / "base" / f"{safe}.txt"
 
 
+def bootstrap_name(official: str) -> str:
+    """The local stand-in for an official base: 'python:3.11-slim-bookworm' -> 'cudabox/debian-python:bookworm'."""
+    return f"{BOOTSTRAP_REPOSITORY}:{suite_of(official.partition('@')[0])}"
+
+
+def choose_base(engine: Engine, spec: ImageSpec) -> BaseChoice:
+    """The official base if the engine has it; else the bootstrap; else pull the official one."""
+    for ref, bootstrapped in ((spec.base_image, False), (bootstrap_name(spec.base_image), True)):
+        info = engine.image(ref)
+        if info is not None:
+            digest = info.repo_digests[0].partition("@")[2] if info.repo_digests else info.id
+            return BaseChoice(ref, digest, bootstrapped)
+    progress(f"build {spec.name}: base image {spec.base_image} is not here; pulling it")
+    try:
+        engine.pull(spec.base_image, progress=lambda line: progress(f"  {line}"))
+    except CudaboxError as exc:
+        raise Unavailable(
+            f"neither the base image {spec.base_image} nor its bootstrap "
+            f"{bootstrap_name(spec.base_image)} is on this engine, and the pull failed "
+            f"({exc.message.splitlines()[0]})",
+            "run `cudabox base` (it pulls the base, or where no registry answers bootstraps it "
+            "from Debian packages)",
+        ) from None
+    info = engine.image(spec.base_image)
+    if info is None:
+        raise Unavailable(f"pulling {spec.base_image} left no image", "run `cudabox base`")
+    return BaseChoice(
+        spec.base_image, (info.repo_digests or (info.id,))[0].rpartition("@")[2], False
+    )
+
+
 def mmdebstrap_command(suite: str, tarball: Path) -> list[str]:
     return ["mmdebstrap", "--variant=apt", f"--include={','.join(PACKAGES)}", suite, str(tarball)]
 
 
-def bootstrap(engine: Engine, image: str, images_dir: Path) -> BaseResult:
-    """Build `image` from Debian packages and record its package list."""
+def bootstrap(
+    engine: Engine, official: str, images_dir: Path, image: str | None = None
+) -> BaseResult:
+    """Build the bootstrap of `official` (as `image`) from Debian packages; record its packages."""
     if shutil.which("mmdebstrap") is None:
         raise Unavailable(
             "mmdebstrap is not installed", "apt-get install -y mmdebstrap (or pull the base image)"
         )
-    suite = suite_of(image)
+    suite = suite_of(official.partition("@")[0])
+    image = image or bootstrap_name(official)
     started = time.monotonic()
+    epoch = source_date_epoch()
     with tempfile.TemporaryDirectory(prefix="cudabox-base-") as tmp:
         tarball = Path(tmp) / "base.tar"
         command = mmdebstrap_command(suite, tarball)
-        progress(f"base {image}: {' '.join(command)}")
-        _stream(command)
+        progress(f"base {image}: SOURCE_DATE_EPOCH={epoch} {' '.join(command)}")
+        # mmdebstrap clamps every time to SOURCE_DATE_EPOCH and drops logs and machine ids:
+        # the same package versions give the same tarball, hence the same layer.
+        _stream(command, {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
         progress(f"base {image}: docker import")
         changes = [
             *IMPORT_CHANGES,
-            f'LABEL cudabox.images.base="mmdebstrap {suite} {" ".join(PACKAGES)}"',
+            f'LABEL cudabox.base="mmdebstrap {suite} {" ".join(PACKAGES)}" '
+            f'org.opencontainers.image.base.name="{official}"',
         ]
         engine.import_tarball(tarball, image, changes)
     result = engine.run(
@@ -101,7 +156,7 @@ def bootstrap(engine: Engine, image: str, images_dir: Path) -> BaseResult:
     record = package_list_path(images_dir, image)
     record.parent.mkdir(parents=True, exist_ok=True)
     header = [
-        f"# Packages in the locally bootstrapped base image {image} (written by `cudabox base`).",
+        f"# Packages in {image}, the local bootstrap of {official} (written by `cudabox base`).",
         f"# Made with: {' '.join(mmdebstrap_command(suite, Path('base.tar')))}",
         f"# Python {python}",
     ]
@@ -118,11 +173,11 @@ def bootstrap(engine: Engine, image: str, images_dir: Path) -> BaseResult:
     )
 
 
-def _stream(command: list[str]) -> None:
+def _stream(command: list[str], env: dict[str, str] | None = None) -> None:
     """Run a command, passing its output on as progress; BuildError with its tail on failure."""
     tail: list[str] = []
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -136,29 +191,43 @@ def _stream(command: list[str]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class BaseOptions:
+    force: bool
+    no_pull: bool
+    json: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BaseOptions:
+        return cls(bool(args.force), bool(args.no_pull), bool(args.json))
+
+
+def ensure_base(
+    engine: Engine, official: str, images_dir: Path, options: BaseOptions
+) -> BaseResult:
+    """The official base (there, or pulled), else its bootstrap (there, or made now)."""
+    local = bootstrap_name(official)
+    if not options.force:
+        for ref in (official, local):
+            info = engine.image(ref)
+            if info is not None:
+                progress(f"base {ref}: already on this engine (use --force to bootstrap anew)")
+                return BaseResult(image=ref, action="exists", size=info.size)
+        if not options.no_pull and _pulled(engine, official):
+            info = engine.image(official)
+            return BaseResult(image=official, action="pulled", size=info.size if info else None)
+    return bootstrap(engine, official, images_dir)
+
+
 def cmd_base(args: argparse.Namespace) -> int:
     from cudabox.engine import Engine
 
+    options = BaseOptions.from_args(args)
     catalog = load_catalog()
     bases = sorted({spec.base_image for spec in catalog.images})
-    results = []
     with Engine.connect() as engine:
-        for image in bases:
-            if engine.has_image(image) and not args.force:
-                progress(f"base {image}: already on this engine (use --force to rebuild it)")
-                info = engine.image(image)
-                results.append(
-                    BaseResult(image=image, action="exists", size=info.size if info else None)
-                )
-                continue
-            if not args.force and not args.no_pull and _pulled(engine, image):
-                info = engine.image(image)
-                results.append(
-                    BaseResult(image=image, action="pulled", size=info.size if info else None)
-                )
-                continue
-            results.append(bootstrap(engine, image, catalog.root))
-    if args.json:
+        results = [ensure_base(engine, image, catalog.root, options) for image in bases]
+    if options.json:
         print_json([r.__dict__ for r in results])
     else:
         rows = [
@@ -188,7 +257,10 @@ def _pulled(engine: Engine, image: str) -> bool:
     try:
         engine.pull(image, progress=lambda line: progress(f"  {line}"))
     except CudaboxError as exc:
-        progress(f"base {image}: cannot pull ({exc.message.splitlines()[0]}); bootstrapping it")
+        progress(
+            f"base {image}: cannot pull ({exc.message.splitlines()[0]}); bootstrapping "
+            f"{bootstrap_name(image)} instead"
+        )
         return False
     return engine.has_image(image)
 

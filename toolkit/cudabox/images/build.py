@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cudabox.errors import BuildError, ExitCode, Unavailable
+from cudabox.errors import BuildError, ExitCode
+from cudabox.images.base import choose_base
 from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.images.context import BuildOptions, build_args, build_context
-from cudabox.images.labels import cudnn_text
+from cudabox.images.labels import cudnn_text, labels_for, provenance_labels
+from cudabox.images.lock import lock_digest
 from cudabox.images.record import read_record, record_entry, write_record
 from cudabox.images.targets import resolve_targets
 from cudabox.images.verify import require_verified, verify_image
@@ -42,42 +44,32 @@ class BuildResult:
     layers: tuple[tuple[str, str], ...] = ()  # (instruction, image id) per step
 
 
-def ensure_base(engine: Engine, spec: ImageSpec) -> None:
-    """The base image must be on the engine: pull it, or say how to make it."""
-    if engine.has_image(spec.base_image):
-        return
-    progress(f"build {spec.name}: base image {spec.base_image} is not here; pulling it")
-    try:
-        engine.pull(spec.base_image, progress=lambda line: progress(f"  {line}"))
-    except (BuildError, Unavailable) as exc:
-        raise Unavailable(
-            f"the base image {spec.base_image} is not on this engine and cannot be pulled ({exc.message})",
-            f"pull it (`docker pull {spec.base_image}`), or where no registry answers, make it with `cudabox base`",
-        ) from None
-
-
 def build_image(
     engine: Engine,
     spec: ImageSpec,
     options: BuildOptions,
+    images_dir: Path,
     tag: str | None = None,
     cudabox_src: Path | None = None,
 ) -> BuildResult:
     tag = tag or spec.tag
-    ensure_base(engine, spec)
+    base = choose_base(engine, spec)
     started = time.monotonic()
-    progress(f"build {spec.name} -> {tag}")
+    progress(f"build {spec.name} -> {tag} (base {base.ref})")
 
     def show(line: str) -> None:
         if not options.quiet or line.startswith("Step "):
             progress(f"  {line}")
 
-    with build_context(spec, options, cudabox_src) as context:
+    labels = {
+        **labels_for(spec, lock_digest(spec.lock)),
+        **provenance_labels(base.ref, base.digest, images_dir.parent),
+    }
+    with build_context(spec, options, images_dir, labels, cudabox_src) as context:
         outcome = engine.build(
             context,
             tag,
-            buildargs=build_args(spec, options),
-            target="cuda" if spec.is_cuda else "runtime",
+            buildargs=build_args(spec, options, base.ref),
             nocache=options.nocache,
             progress=show,
         )
@@ -102,8 +94,9 @@ def build_image(
 
 def build_and_verify(engine: Engine, spec: ImageSpec, sources: PackageSources) -> BuildResult:
     """Build an image and refuse it unless it holds what the catalog says."""
-    built = build_image(engine, spec, BuildOptions(sources))
-    require_verified(verify_image(engine, spec, load_catalog().root))
+    images_dir = load_catalog().root
+    built = build_image(engine, spec, BuildOptions(sources), images_dir)
+    require_verified(verify_image(engine, spec, images_dir))
     return built
 
 
@@ -143,7 +136,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     rows = []
     with Engine.connect(read_timeout=BUILD_READ_TIMEOUT_S) as engine:
         for spec in specs:
-            built = build_image(engine, spec, options)
+            built = build_image(engine, spec, options, catalog.root)
             entry: dict[str, Any] = asdict(built)
             if not args.no_verify:
                 checked = verify_image(engine, spec, catalog.root)
@@ -185,7 +178,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for spec in specs:
             built = None
             if not engine.has_image(spec.tag):
-                built = build_image(engine, spec, options)
+                built = build_image(engine, spec, options, catalog.root)
             checked = verify_image(engine, spec, catalog.root, gpus=args.gpus)
             if not checked.ok and args.remove_after:
                 stage = (

@@ -1,14 +1,16 @@
 """The build context of an image: a small temporary folder, not the repository.
 
-It holds the image's Dockerfile (with its labels written in), the lock, the wheelhouse files the
-lock needs, an optional CA bundle (build stage only) and cudabox's own source.
+It holds the image's rendered Dockerfile (with its labels written in), and build/: the lock, the
+wheelhouse files the lock needs, an optional CA bundle and stage.py, used in the build stage
+only; and root/: cudabox's own source and the catalog, which the image's last layer copies.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,27 +54,38 @@ def needed_wheels(lock_text: str, wheelhouses: tuple[Path, ...]) -> list[Path]:
 
 
 def assemble_context(
-    spec: ImageSpec, dest: Path, options: BuildOptions, cudabox_src: Path | None = None
+    spec: ImageSpec,
+    dest: Path,
+    options: BuildOptions,
+    images_dir: Path,
+    labels: Mapping[str, str] | None = None,
+    cudabox_src: Path | None = None,
 ) -> list[str]:
-    """Fill `dest` with what the Dockerfile needs; returns the files placed, for the log."""
+    """Fill `dest` with what the Dockerfile needs; returns the files placed, for the log.
+
+    What reaches the image (root/: cudabox's source and the catalog) gets fixed times and modes,
+    so that its layer is the same on every build of the same commit.
+    """
     if not spec.dockerfile.is_file():
-        raise DataError(f"{spec.name}: Dockerfile {spec.dockerfile} does not exist")
+        raise DataError(
+            f"{spec.name}: Dockerfile {spec.dockerfile} does not exist",
+            f"render it with `cudabox render {spec.name}`",
+        )
     if not spec.lock.is_file():
         raise DataError(
             f"{spec.name}: lock {spec.lock} does not exist", f"run `cudabox lock {spec.name}`"
         )
     lock_text = spec.lock.read_text()
     pins = parse_lock(lock_text)
-    placed = ["Dockerfile", "build/requirements.txt", "catalog.toml", "cudabox/"]
+    placed = ["Dockerfile", "build/requirements.txt", "build/stage.py", "root/opt/cudabox/"]
+    all_labels = dict(labels) if labels is not None else labels_for(spec, lock_digest(spec.lock))
     (dest / "Dockerfile").write_text(
-        dockerfile_with_labels(
-            spec.dockerfile.read_text(), labels_for(spec, lock_digest(spec.lock)), spec
-        )
+        dockerfile_with_labels(spec.dockerfile.read_text(), all_labels, spec)
     )
     wheels = dest / "build" / "wheels"
     wheels.mkdir(parents=True)
     shutil.copyfile(spec.lock, dest / "build" / "requirements.txt")
-    shutil.copyfile(spec.dockerfile.parent.parent / "catalog.toml", dest / "catalog.toml")
+    shutil.copyfile(Path(__file__).with_name("stage.py"), dest / "build" / "stage.py")
     sources = options.sources
     if sources.ca_cert is not None:
         shutil.copyfile(sources.ca_cert, dest / "build" / "ca.pem")
@@ -89,13 +102,45 @@ def assemble_context(
                     f"{spec.name}: the lock needs {pin.name}=={pin.version}, which is not in the wheelhouse {', '.join(map(str, sources.wheelhouses))}",
                     f"add its wheel there, or build without --wheelhouse where {spec.index_url or 'its index'} answers",
                 )
+    root = dest / "root" / "opt" / "cudabox"
     source = cudabox_src or Path(cudabox.__file__).resolve().parent
     shutil.copytree(
         source,
-        dest / "cudabox",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache"),
+        root / "cudabox",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"),
     )
+    (root / "images").mkdir()
+    shutil.copyfile(images_dir / "catalog.toml", root / "images" / "catalog.toml")
+    fix_times_and_modes(dest / "root", source_date_epoch())
     return placed
+
+
+def source_date_epoch(env: Mapping[str, str] | None = None) -> int:
+    """SOURCE_DATE_EPOCH when set (the reproducible-builds convention), else the fixed default."""
+    from cudabox.images.render import DEFAULT_EPOCH
+
+    text = (os.environ if env is None else env).get("SOURCE_DATE_EPOCH", "").strip()
+    if not text:
+        return DEFAULT_EPOCH
+    if not text.isdigit():
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH={text!r} is not a number of seconds", "unset it, or give seconds"
+        )
+    return int(text)
+
+
+def fix_times_and_modes(folder: Path, epoch: int) -> None:
+    """Files 0644 (0755 if executable), folders 0755, every time `epoch`: not the checkout's."""
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = Path(root, name)
+            path.chmod(0o755 if path.stat().st_mode & 0o100 else 0o644)
+            os.utime(path, (epoch, epoch))
+        for name in dirs:
+            Path(root, name).chmod(0o755)
+            os.utime(Path(root, name), (epoch, epoch))
+    folder.chmod(0o755)
+    os.utime(folder, (epoch, epoch))
 
 
 def _quote(text: str) -> str:
@@ -127,20 +172,25 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def build_args(spec: ImageSpec, options: BuildOptions) -> dict[str, str]:
+def build_args(spec: ImageSpec, options: BuildOptions, base_image: str) -> dict[str, str]:
     extra = spec.index_url if spec.index_url and not options.sources.wheelhouses else ""
     return {
-        "BASE_IMAGE": spec.base_image,
+        "BASE_IMAGE": base_image,
         "PIP_INDEX_URL": options.sources.index_url or "",
         "PIP_EXTRA_INDEX_URL": extra,
-    } | ({"NVIDIA_REQUIRE_CUDA": spec.require_cuda} if spec.require_cuda else {})
+        "SOURCE_DATE_EPOCH": str(source_date_epoch()),
+    }
 
 
 @contextmanager
 def build_context(
-    spec: ImageSpec, options: BuildOptions, cudabox_src: Path | None = None
+    spec: ImageSpec,
+    options: BuildOptions,
+    images_dir: Path,
+    labels: Mapping[str, str] | None = None,
+    cudabox_src: Path | None = None,
 ) -> Iterator[Path]:
     """The assembled context in a temporary folder, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix=f"cudabox-build-{spec.name}-") as tmp:
-        assemble_context(spec, Path(tmp), options, cudabox_src)
+        assemble_context(spec, Path(tmp), options, images_dir, labels, cudabox_src)
         yield Path(tmp)

@@ -8,6 +8,10 @@ against the catalog and the labels.
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,6 @@ def labels_for(spec: ImageSpec, lock_sha256: str) -> dict[str, str]:
         + (f", CUDA {spec.cuda}, cuDNN {spec.cudnn})" if spec.is_cuda else ")")
         + " with cudabox",
         f"{OCI}version": spec.framework_version,
-        f"{OCI}base.name": spec.base_image,
         f"{OCI}vendor": "cudabox",
         f"{PREFIX}image": spec.name,
         f"{PREFIX}framework": spec.framework,
@@ -53,6 +56,54 @@ def labels_for(spec: ImageSpec, lock_sha256: str) -> dict[str, str]:
     if spec.forward_compat:
         labels[f"{PREFIX}forward_compat"] = "true"
     return labels
+
+
+def provenance_labels(
+    base_name: str,
+    base_digest: str,
+    repo_root: Path | None,
+    env: Mapping[str, str] | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, str]:
+    """The standard OCI labels that say where an image comes from and when it was built.
+
+    Source and revision come from GitHub Actions' variables when set, else from the checkout's
+    git; a label that cannot be known is left out rather than guessed.
+    """
+    env = os.environ if env is None else env
+    labels = {
+        f"{OCI}base.name": base_name,
+        f"{OCI}base.digest": base_digest,
+        f"{OCI}created": (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    source = revision = None
+    if env.get("GITHUB_REPOSITORY"):
+        server = env.get("GITHUB_SERVER_URL", "https://github.com")
+        source = f"{server}/{env['GITHUB_REPOSITORY']}"
+        revision = env.get("GITHUB_SHA")
+    elif repo_root is not None:
+        source = _git(repo_root, "remote", "get-url", "origin")
+        revision = _git(repo_root, "rev-parse", "HEAD")
+    if source:
+        labels[f"{OCI}source"] = source
+    if revision:
+        labels[f"{OCI}revision"] = revision
+    return labels
+
+
+def _git(repo_root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo_root), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = done.stdout.strip()
+    return text if done.returncode == 0 and text else None
 
 
 def spec_from_labels(labels: dict[str, str], tag: str = "") -> ImageSpec:

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,23 +124,53 @@ def header(spec: ImageSpec, args: list[str], relative_in: str) -> str:
 
 
 def lock_image(spec: ImageSpec, root: Path, sources: PackageSources) -> str:
-    """Compile the lock text for one image."""
+    """Compile the lock text for one image, keeping the current lock's versions where they fit."""
     if not spec.requirements.is_file():
         raise UsageError(f"{spec.name}: requirements file {spec.requirements} does not exist")
     args = compile_args(spec, sources.wheelhouses, sources.index_url)
     relative_in = spec.requirements.relative_to(root).as_posix()
     env = {k: v for k, v in os.environ.items() if not k.startswith("UV_")}
-    # Relative paths, run from images/, so the "# via -r ..." notes do not depend on the checkout.
-    command = [find_uv(), *args, "--no-header", "--quiet", relative_in]
-    proc = subprocess.run(command, cwd=root, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        fix = "check the .in file and that the index answers"
-        if spec.index_url and not sources.wheelhouses:
-            fix = f"its wheels live on {spec.index_url}; where that is unreachable, pass --wheelhouse DIR (or {WHEELHOUSE_ENV}) holding them"
-        raise DataError(f"{spec.name}: uv pip compile failed:\n{proc.stderr.strip()}", fix)
-    text = header(spec, args, relative_in) + proc.stdout
-    parse_lock(text)  # a lock cudabox cannot read back is a bug: fail here, not in the build
-    return text
+    with tempfile.TemporaryDirectory(prefix="cudabox-lock-") as tmp:
+        # uv prefers the versions already in its output file: relocking changes nothing that
+        # the .in file does not ask to change.
+        output = Path(tmp) / "lock.txt"
+        if spec.lock.is_file():
+            shutil.copyfile(spec.lock, output)
+        # Relative paths, run from images/, so "# via -r ..." notes do not name the checkout.
+        command = [find_uv(), *args, "--no-header", "--quiet", "-o", str(output), relative_in]
+        proc = subprocess.run(
+            command, cwd=root, capture_output=True, text=True, env=env, check=False
+        )
+        if proc.returncode != 0:
+            fix = "check the .in file and that the index answers"
+            if spec.index_url and not sources.wheelhouses:
+                fix = f"its wheels live on {spec.index_url}; where that is unreachable, pass --wheelhouse DIR (or {WHEELHOUSE_ENV}) holding them"
+            raise DataError(f"{spec.name}: uv pip compile failed:\n{proc.stderr.strip()}", fix)
+        body = output.read_text()
+    text = header(spec, args, relative_in) + body
+    pins = parse_lock(text)  # a lock cudabox cannot read back is a bug: fail here, not in the build
+    return text + sizes_trailer(spec, pins, sources)
+
+
+def sizes_trailer(spec: ImageSpec, pins: dict[str, Pin], sources: PackageSources) -> str:
+    """`# cudabox:installed-bytes NAME==VERSION BYTES` per pin: what decides the image's layers.
+
+    Read from each wheel's file list (its zip central directory), so no wheel is downloaded.
+    """
+    from cudabox.images.wheelsizes import default_ca_bundle, sources_for, target_for, wheel_sizes
+
+    sizes = wheel_sizes(
+        pins.values(),
+        sources_for(spec, mirror=sources.index_url, wheelhouses=sources.wheelhouses),
+        target=target_for(spec),
+        ca_bundle=sources.ca_cert or default_ca_bundle(),
+    )
+    lines = [
+        "# Installed size of each distribution, from its wheel's file list (cudabox render gives",
+        "# every distribution of 30 MB or more a layer of its own):",
+        *(f"# cudabox:installed-bytes {s.name}=={s.version} {s.installed_bytes}" for s in sizes),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
