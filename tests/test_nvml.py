@@ -5,6 +5,7 @@ from __future__ import annotations
 import pynvml
 import pytest
 
+from cudabox import nvml
 from cudabox.nvml import apply_visibility, probe
 from fakenvml import FakeGpu, FakeMig, FakeNvml
 
@@ -182,11 +183,7 @@ def test_probe_on_this_machine_never_raises() -> None:
 
 
 def test_the_unofficial_pynvml_distribution_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.metadata
-
-    monkeypatch.setattr(
-        importlib.metadata, "packages_distributions", lambda: {"pynvml": ["pynvml"]}
-    )
+    monkeypatch.setattr(nvml, "pynvml_owners", lambda: ["pynvml"])
     profile = probe(env={})
     assert profile.status == "error"
     assert "not NVIDIA's nvidia-ml-py" in (profile.message or "")

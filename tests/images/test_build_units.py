@@ -10,11 +10,12 @@ import pytest
 
 from cudabox.engine import BuildLog, Engine
 from cudabox.errors import BuildError, DataError, Unavailable, UsageError
-from cudabox.images.build import ensure_base
+from cudabox.images.base import choose_base
 from cudabox.images.catalog import load_catalog
 from cudabox.images.context import (
     LABELS_MARKER,
     BuildOptions,
+    source_date_epoch,
     assemble_context,
     build_args,
     dockerfile_with_labels,
@@ -81,15 +82,21 @@ def test_context_holds_exactly_what_the_build_needs(tmp_path: Path) -> None:
     context = tmp_path / "context"
     context.mkdir()
     options = BuildOptions(PackageSources(ca_cert=ca, wheelhouses=(_fake_wheelhouse(tmp_path),)))
-    assemble_context(spec, context, options)
+    assemble_context(spec, context, options, CATALOG.root)
     files = sorted(p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file())
-    assert "build/ca.pem" in files and "build/requirements.txt" in files and "catalog.toml" in files
+    catalog = "root/opt/cudabox/images/catalog.toml"
+    assert "build/ca.pem" in files and "build/requirements.txt" in files and catalog in files
+    assert "build/stage.py" in files
     # Only the wheel the lock pins, not the rest of the wheelhouse.
     assert [f for f in files if f.startswith("build/wheels/")] == [
         f"build/wheels/{TORCH_CPU_WHEEL}"
     ]
-    assert "cudabox/cli.py" in files and not any("__pycache__" in f for f in files)
+    assert "root/opt/cudabox/cudabox/cli.py" in files and not any("__pycache__" in f for f in files)
     assert not any(f.startswith(("images/", "tests/", ".git")) for f in files), "not the whole repo"
+    # What reaches the image has fixed times and modes, not the checkout's.
+    shipped = [p for p in (context / "root").rglob("*")]
+    assert {p.stat().st_mtime for p in shipped} == {float(source_date_epoch())}
+    assert {oct(p.stat().st_mode & 0o777) for p in shipped if p.is_file()} == {"0o644"}
     dockerfile = (context / "Dockerfile").read_text()
     assert LABELS_MARKER not in dockerfile.splitlines()
     assert '"cudabox.image"="torch-2.13-cpu"' in dockerfile
@@ -97,7 +104,7 @@ def test_context_holds_exactly_what_the_build_needs(tmp_path: Path) -> None:
 
 
 def test_context_without_ca_has_none(tmp_path: Path) -> None:
-    assemble_context(CATALOG.get("tf-2.21-cpu"), tmp_path, BuildOptions())
+    assemble_context(CATALOG.get("tf-2.21-cpu"), tmp_path, BuildOptions(), CATALOG.root)
     assert not (tmp_path / "build" / "ca.pem").exists()
     assert list((tmp_path / "build" / "wheels").iterdir()) == []
 
@@ -110,13 +117,14 @@ def test_a_wheelhouse_lacking_the_local_wheel_is_named(tmp_path: Path) -> None:
             CATALOG.get("torch-2.13-cpu"),
             tmp_path,
             BuildOptions(PackageSources(wheelhouses=(house,))),
+            CATALOG.root,
         )
 
 
 def test_a_missing_lock_says_how_to_make_it(tmp_path: Path) -> None:
     spec = replace(CATALOG.get("tf-2.21-cpu"), lock=tmp_path / "nope.txt")
     with pytest.raises(DataError) as caught:
-        assemble_context(spec, tmp_path, BuildOptions())
+        assemble_context(spec, tmp_path, BuildOptions(), CATALOG.root)
     assert caught.value.fix is not None and "cudabox lock" in caught.value.fix
 
 
@@ -132,14 +140,19 @@ def test_labels_are_quoted_for_the_dockerfile() -> None:
 
 def test_build_args() -> None:
     cpu = CATALOG.get("torch-2.13-cpu")
-    assert build_args(cpu, BuildOptions())["PIP_EXTRA_INDEX_URL"] == cpu.index_url
+    base = cpu.base_image
+    assert build_args(cpu, BuildOptions(), base)["PIP_EXTRA_INDEX_URL"] == cpu.index_url
     local = BuildOptions(PackageSources(wheelhouses=(Path("/w"),)))
-    assert build_args(cpu, local)["PIP_EXTRA_INDEX_URL"] == ""
-    assert "NVIDIA_REQUIRE_CUDA" not in build_args(cpu, BuildOptions())
+    assert build_args(cpu, local, base)["PIP_EXTRA_INDEX_URL"] == ""
+    # NVIDIA_REQUIRE_CUDA is in the rendered Dockerfile of CUDA images only.
+    assert "NVIDIA_REQUIRE_CUDA" not in cpu.dockerfile.read_text()
     cuda = CATALOG.get("torch-2.15-cu132")
-    args = build_args(cuda, BuildOptions(PackageSources(index_url="https://mirror.example/simple")))
-    assert args["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
+    mirror = BuildOptions(PackageSources(index_url="https://mirror.example/simple"))
+    args = build_args(cuda, mirror, "cudabox/debian-python:bookworm")
+    assert 'NVIDIA_REQUIRE_CUDA="cuda>=13.0"' in cuda.dockerfile.read_text()
     assert args["PIP_INDEX_URL"] == "https://mirror.example/simple"
+    assert args["BASE_IMAGE"] == "cudabox/debian-python:bookworm"
+    assert args["SOURCE_DATE_EPOCH"].isdigit()
 
 
 def test_no_engine_is_unavailable_and_names_docker_host(
@@ -155,8 +168,8 @@ def test_no_engine_is_unavailable_and_names_docker_host(
 class _NoBaseEngine:
     """An engine that lacks the base image and cannot pull it (no registry)."""
 
-    def has_image(self, ref: str) -> bool:
-        return False
+    def image(self, ref: str) -> None:
+        return None
 
     def pull(self, ref: str, progress: Any = None) -> None:
         raise BuildError(f"could not pull {ref}: no such host")
@@ -165,7 +178,7 @@ class _NoBaseEngine:
 def test_a_missing_base_says_pull_it_or_cudabox_base() -> None:
     spec = CATALOG.get("torch-2.13-cpu")
     with pytest.raises(Unavailable) as caught:
-        ensure_base(_NoBaseEngine(), spec)  # type: ignore[arg-type]
+        choose_base(_NoBaseEngine(), spec)  # type: ignore[arg-type]
     assert spec.base_image in caught.value.message
     assert (
         caught.value.fix is not None

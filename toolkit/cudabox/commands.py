@@ -7,13 +7,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cudabox.errors import CudaboxError, ExitCode, NoImageFits
 from cudabox.host import HostProfile
-from cudabox.images.catalog import Catalog, load_catalog
-from cudabox.options import REGISTRY_ENV
 from cudabox.output import print_json, progress, table
-from cudabox.resolver import Flavor, Selection, select
+
+if TYPE_CHECKING:  # `cudabox probe` imports none of these: each command pays for what it uses
+    from cudabox.images.catalog import Catalog
+    from cudabox.resolver import Flavor, Selection
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class SelectOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SelectOptions:
+        from cudabox.options import REGISTRY_ENV
+
         return cls(
             framework=args.framework,
             flavor=args.flavor,
@@ -51,6 +55,9 @@ def hosts_from_files(files: Sequence[Path]) -> list[HostProfile]:
 
 
 def selection_for(options: SelectOptions) -> Selection:
+    from cudabox.images.catalog import load_catalog
+    from cudabox.resolver import select
+
     catalog = load_catalog()
     if options.registry:
         from cudabox.images.publish import registry_catalog
@@ -155,6 +162,8 @@ def render_selection(selection: Selection) -> str:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
+    from cudabox.images.catalog import load_catalog
+
     catalog = load_catalog()
     if args.json:
         print_json(

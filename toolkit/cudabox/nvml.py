@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.metadata
+import importlib.util
 import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cudabox.host import Gpu, HostProfile, MigDevice
@@ -78,12 +79,32 @@ def diagnose(code: int | None, raw: str) -> tuple[str, str]:
     )
 
 
+def pynvml_owners() -> list[str]:
+    """Who provides the `pynvml` module Python would import: ["nvidia-ml-py"] when all is well.
+
+    NVIDIA's nvidia-ml-py ships a single module file, pynvml.py; the unofficial `pynvml`
+    distribution (before 12.0) ships a package folder that shadows it. Only in that case is the
+    package metadata read, to name the culprit (importing importlib.metadata alone costs more
+    than the rest of `cudabox probe`).
+    """
+    spec = importlib.util.find_spec("pynvml")
+    if spec is None or spec.origin is None:
+        return []
+    origin = Path(spec.origin)
+    if origin.name != "__init__.py":
+        return ["nvidia-ml-py"]
+    from importlib import metadata
+
+    try:
+        owners = metadata.packages_distributions().get("pynvml", [])
+    except Exception:  # broken metadata: still not NVIDIA's module layout
+        owners = []
+    return [o for o in owners if o.lower().replace("_", "-") != "nvidia-ml-py"] or ["pynvml"]
+
+
 def load_pynvml() -> Any:
     """Import the official binding, refusing the unofficial `pynvml` distribution that shadows it."""
-    try:
-        owners = importlib.metadata.packages_distributions().get("pynvml", [])
-    except Exception:  # metadata can be broken in odd environments; the import below still decides
-        owners = []
+    owners = pynvml_owners()
     if owners and all(o.lower().replace("_", "-") != "nvidia-ml-py" for o in owners):
         raise NvmlFailure(
             None,

@@ -100,8 +100,8 @@ def choose_base(engine: Engine, spec: ImageSpec) -> BaseChoice:
             f"neither the base image {spec.base_image} nor its bootstrap "
             f"{bootstrap_name(spec.base_image)} is on this engine, and the pull failed "
             f"({exc.message.splitlines()[0]})",
-            "run `cudabox base` (it pulls the base, or where no registry answers bootstraps it "
-            "from Debian packages)",
+            f"pull it (`docker pull {spec.base_image}`), or where no registry answers run "
+            f"`cudabox base` (it bootstraps {bootstrap_name(spec.base_image)} from Debian packages)",
         ) from None
     info = engine.image(spec.base_image)
     if info is None:

@@ -37,6 +37,8 @@ def labels_for(spec: ImageSpec, lock_sha256: str) -> dict[str, str]:
         + (f", CUDA {spec.cuda}, cuDNN {spec.cudnn})" if spec.is_cuda else ")")
         + " with cudabox",
         f"{OCI}version": spec.framework_version,
+        # The catalog's base; a build's provenance labels name the base it really used.
+        f"{OCI}base.name": spec.base_image,
         f"{OCI}vendor": "cudabox",
         f"{PREFIX}image": spec.name,
         f"{PREFIX}framework": spec.framework,
@@ -244,8 +246,8 @@ def compare_labels(spec: ImageSpec, labels: dict[str, str], lock_sha256: str) ->
     problems = []
     expected = labels_for(spec, lock_sha256)
     for key, value in expected.items():
-        if key in (f"{PREFIX}version", f"{OCI}description", f"{OCI}title"):
-            continue  # descriptive, not facts
+        if key in (f"{PREFIX}version", f"{OCI}description", f"{OCI}title", f"{OCI}base.name"):
+            continue  # descriptive (the base may be the offline bootstrap), not facts
         if labels.get(key, "") != value:
             what = "was built from another lock (rebuild it)" if key.endswith("lock_sha256") else ""
             problems.append(
