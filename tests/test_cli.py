@@ -77,6 +77,17 @@ def test_a_host_file_that_is_not_json(tmp_path: Path) -> None:
     assert "is not JSON" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_json_file_that_is_not_a_host_profile(tmp_path: Path) -> None:
+    # It used to pick an image for a host with no GPU and exit 0 (tests/test_bad_input.py has
+    # every other kind of wrong file; this one goes through the real entry point).
+    package = tmp_path / "package.json"
+    package.write_text('{"name": "my-app", "version": "1.0.0", "dependencies": {}}\n')
+    result = cudabox("select", "--framework", "torch", "--host", str(package))
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"host file {package} is not a host profile: it has no 'schema' key" in result.stderr
+    assert "fix: write one with `cudabox probe --json > FILE`" in result.stderr
+
+
 def test_images_lists_the_catalog() -> None:
     result = cudabox("images", "--json")
     assert result.returncode == 0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from itertools import pairwise
 from typing import Any
 
 from cudabox.errors import DataError
+from cudabox.output import decode_text
 from cudabox.versions import CudaVersion, DriverVersion, parse_cc
 
 
@@ -40,31 +43,91 @@ class Compat:
         return cc in self.tegra
 
 
-def parse_compat(data: dict[str, Any]) -> Compat:
+# Each table's keys and their TOML types; every row also names its source.
+_TABLES: dict[str, dict[str, type]] = {
+    "toolkit_driver": {"cuda": str, "driver": str, "source": str},
+    "minor_version_floor": {"cuda_major": int, "driver": str, "source": str},
+    "tegra": {"compute_capability": str, "source": str},
+}
+_FIX = "reinstall cudabox; if you edited data/compat.toml, correct the row it names"
+
+
+def parse_compat(data: Mapping[str, Any] | str, where: str = "compat.toml") -> Compat:
+    """The facts of compat.toml (its text, or the parsed table); any flaw is a DataError."""
+    if isinstance(data, str):
+        try:
+            data = tomllib.loads(data)
+        except tomllib.TOMLDecodeError as exc:
+            raise DataError(f"{where} is not valid TOML: {exc}", _FIX) from None
+    unknown = set(data) - {*_TABLES, "sources"}
+    if unknown:
+        raise DataError(f"{where}: unknown top-level key {sorted(unknown)[0]!r}", _FIX)
     sources = data.get("sources", {})
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise DataError(f"{where}: [sources] must map each source key to a text", _FIX)
+    rows = {table: _rows(data, table, sources, where) for table in _TABLES}
     try:
-        for table in ("toolkit_driver", "minor_version_floor", "tegra"):
-            for row in data[table]:
-                for key in str(row["source"]).split(","):
-                    if key not in sources:
-                        raise DataError(
-                            f"compat data: {table} row {row} cites unknown source {key!r}"
-                        )
         drivers = sorted(
             (CudaVersion.parse(r["cuda"]), DriverVersion.parse(r["driver"]))
-            for r in data["toolkit_driver"]
+            for r in rows["toolkit_driver"]
         )
-        floors = {
-            int(r["cuda_major"]): DriverVersion.parse(r["driver"])
-            for r in data["minor_version_floor"]
-        }
-        tegra = frozenset(parse_cc(r["compute_capability"]) for r in data["tegra"])
-    except (KeyError, ValueError) as exc:
-        raise DataError(f"compat data is malformed: {exc}") from None
-    return Compat(tuple(drivers), floors, tegra)
+        floors = [
+            (r["cuda_major"], DriverVersion.parse(r["driver"])) for r in rows["minor_version_floor"]
+        ]
+        tegra = [parse_cc(r["compute_capability"]) for r in rows["tegra"]]
+    except ValueError as exc:
+        raise DataError(f"{where}: {exc}", _FIX) from None
+    for (cuda, driver), (newer, newer_driver) in pairwise(drivers):
+        if cuda == newer:
+            raise DataError(f"{where}: two [[toolkit_driver]] rows for CUDA {cuda}", _FIX)
+        if newer_driver < driver:
+            raise DataError(
+                f"{where}: CUDA {newer} needs driver {newer_driver}, older than CUDA {cuda}'s "
+                f"{driver}",
+                _FIX,
+            )
+    majors = [major for major, _ in floors]
+    if len(set(majors)) != len(majors):
+        raise DataError(f"{where}: two [[minor_version_floor]] rows for one CUDA major", _FIX)
+    return Compat(tuple(drivers), dict(floors), frozenset(tegra))
+
+
+def _rows(
+    data: Mapping[str, Any], table: str, sources: Mapping[str, str], where: str
+) -> list[dict[str, Any]]:
+    """The rows of [[table]], each with exactly its keys, of their types, citing known sources."""
+    rows = data.get(table)
+    if rows is None:
+        raise DataError(f"{where}: no [[{table}]] rows", _FIX)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{where}: '{table}' must be a list of [[{table}]] tables", _FIX)
+    keys = _TABLES[table]
+    for n, row in enumerate(rows, start=1):
+        at = f"{where} [[{table}]] row {n}"
+        for key in row:
+            if key not in keys:
+                raise DataError(f"{at}: unknown key {key!r}", _FIX)
+        for key, kind in keys.items():
+            if key not in row:
+                raise DataError(f"{at}: missing key {key!r}", _FIX)
+            value = row[key]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise DataError(
+                    f"{at}: {key!r} must be {'a whole number' if kind is int else 'a string'}, "
+                    f"got {value!r}",
+                    _FIX,
+                )
+        for key in row["source"].split(","):
+            if key not in sources:
+                raise DataError(f"{at} ({row}) cites unknown source {key!r}", _FIX)
+    return rows
 
 
 @cache
 def load_compat() -> Compat:
-    text = resources.files("cudabox").joinpath("data/compat.toml").read_text()
-    return parse_compat(tomllib.loads(text))
+    where = "cudabox's data/compat.toml"
+    try:
+        raw = resources.files("cudabox").joinpath("data/compat.toml").read_bytes()
+    except OSError as exc:
+        raise DataError(f"{where} cannot be read: {exc.strerror}", _FIX) from None
+    return parse_compat(decode_text(raw, where, _FIX, DataError), where)

@@ -7,13 +7,15 @@ so the JSON form is a stable interface (see `SCHEMA_VERSION`).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from cudabox.errors import UsageError
 from cudabox.output import read_json
-from cudabox.versions import CudaVersion, parse_cc
+from cudabox.versions import CudaVersion, DriverVersion, parse_cc
 
 SCHEMA_VERSION = 1
 
@@ -94,31 +96,66 @@ class HostProfile:
         return json.dumps(self.to_json(), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, data: Any, source: str | None = None) -> HostProfile:
-        where = source or "host profile"
+    def from_json(
+        cls, data: Any, source: str | None = None, where: str | None = None
+    ) -> HostProfile:
+        """The profile `probe --json` wrote; every key checked, so a wrong file is a usage error.
+
+        `where` names the input in messages ("host file nodes/a.json"); `source` becomes the
+        profile's name when it has no hostname.
+        """
+        where = where or (f"host profile {source}" if source else "host profile")
         if not isinstance(data, dict):
             raise UsageError(
                 f"{where} is not a JSON object", "pass the output of `cudabox probe --json`"
             )
-        try:
-            gpus = tuple(_gpu_from_json(g) for g in data.get("gpus") or [])
-            return cls(
-                driver_version=_opt_str(data.get("driver_version")),
-                cuda_driver_version=_opt_str(data.get("cuda_driver_version")),
-                gpus=gpus,
-                status=str(data.get("status", "ok")),
-                message=_opt_str(data.get("message")),
-                fix=_opt_str(data.get("fix")),
-                hostname=_opt_str(data.get("hostname")),
-                nvml_version=_opt_str(data.get("nvml_version")),
-                cuda_visible_devices=_opt_str(data.get("cuda_visible_devices")),
-                source=source,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
+        read = _Reader(data, where)
+        if "schema" not in data:
             raise UsageError(
-                f"{where} is not a valid host profile: {exc}",
-                "regenerate it with `cudabox probe --json > FILE` on that host",
-            ) from None
+                f"{where} is not a host profile: it has no 'schema' key",
+                "write one with `cudabox probe --json > FILE` on that host",
+            )
+        schema = data["schema"]
+        if type(schema) is not int or not 1 <= schema <= SCHEMA_VERSION:
+            raise UsageError(
+                f"{where} has host profile schema {_show(schema)}; this cudabox reads schema "
+                f"{SCHEMA_VERSION}",
+                _REGENERATE,
+            )
+        missing = [key for key in _REQUIRED_KEYS if key not in data]
+        if missing:
+            raise UsageError(
+                f"{where} is not a host profile: it has no {missing[0]!r} key", _REGENERATE
+            )
+        driver = read.text("driver_version")
+        if driver is not None:
+            read.parsed("driver_version", DriverVersion.parse)
+        cuda = read.text("cuda_driver_version")
+        if cuda is not None:
+            read.parsed("cuda_driver_version", CudaVersion.parse)
+        status = read.text("status")
+        if status not in STATUSES:
+            read.fail("status", f"must be one of {', '.join(STATUSES)}")
+        gpus = tuple(
+            _gpu_from_json(item, f"gpus[{n}]", where)
+            for n, item in enumerate(read.items("gpus", required=True))
+        )
+        indexes = [g.index for g in gpus]
+        for index in indexes:
+            if indexes.count(index) > 1:
+                raise UsageError(f"{where}: two GPUs have index {index}", _REGENERATE)
+        return cls(
+            driver_version=driver,
+            cuda_driver_version=cuda,
+            gpus=gpus,
+            status=str(status),
+            message=read.text("message"),
+            fix=read.text("fix"),
+            hostname=read.text("hostname"),
+            nvml_version=read.text("nvml_version"),
+            cuda_visible_devices=read.text("cuda_visible_devices"),
+            source=source,
+        )
 
     @classmethod
     def load(cls, path: Path) -> HostProfile:
@@ -126,45 +163,121 @@ class HostProfile:
         # Doctor reports embed the profile under "host"; accept those too.
         if isinstance(data, dict) and isinstance(data.get("host"), dict) and "gpus" not in data:
             data = data["host"]
-        return cls.from_json(data, source=path.stem)
+        return cls.from_json(data, source=path.stem, where=f"host file {path}")
 
 
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
+STATUSES = ("ok", "no-driver", "error")
+_REQUIRED_KEYS = ("driver_version", "cuda_driver_version", "gpus", "status")
+_GPU_REQUIRED_KEYS = ("index", "compute_capability")
+_REGENERATE = "regenerate it with `cudabox probe --json > FILE` on that host"
+_PCI_ID_RE = re.compile(r"^0x[0-9A-Fa-f]{8}$")
+
+T = TypeVar("T")
 
 
-def _gpu_from_json(data: Any) -> Gpu:
-    if not isinstance(data, dict):
-        raise TypeError("each entry of 'gpus' must be an object")
-    cc = _opt_str(data.get("compute_capability"))
-    if cc is not None:
-        parse_cc(cc)  # validates
-    migs = tuple(
-        MigDevice(
-            index=int(m["index"]),
-            uuid=str(m["uuid"]),
-            name=_opt_str(m.get("name")),
-            memory_total_mib=_opt_int(m.get("memory_total_mib")),
-            visible=bool(m.get("visible", True)),
+class _Reader:
+    """Typed reads of one JSON object; a wrong value is a UsageError naming file and key."""
+
+    def __init__(self, data: dict[str, Any], where: str, prefix: str = "") -> None:
+        self.data, self.where, self.prefix = data, where, prefix
+
+    def fail(self, key: str, problem: str) -> NoReturn:
+        value = self.data.get(key)
+        raise UsageError(
+            f"{self.where}: {self.prefix}{key} {problem}, got {_show(value)}", _REGENERATE
         )
-        for m in data.get("mig_devices") or []
-    )
+
+    def text(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, str):
+            self.fail(key, "must be text or null")
+        return value
+
+    def parsed(self, key: str, parse: Callable[[str], T]) -> T:
+        value = self.data[key]
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise UsageError(f"{self.where}: {self.prefix}{key}: {exc}", _REGENERATE) from None
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, "must be true or false")
+        return value
+
+    def count(self, key: str) -> int | None:
+        """A whole number >= 0 (MiB) or null; booleans and 1.0 are not counts."""
+        value = self.data.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            self.fail(key, "must be a whole number >= 0")
+        return value
+
+    def index(self, key: str) -> int:
+        value = self.count(key)
+        if value is None:
+            self.fail(key, "must be a whole number >= 0")
+        return value
+
+    def items(self, key: str, required: bool = False) -> list[Any]:
+        value = self.data.get(key)
+        if value is None and not required:
+            return []
+        if not isinstance(value, list):
+            self.fail(key, "must be a list")
+        return value
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _gpu_from_json(data: Any, prefix: str, where: str) -> Gpu:
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: {prefix} must be an object, got {_show(data)}", _REGENERATE)
+    read = _Reader(data, where, prefix + ".")
+    for key in _GPU_REQUIRED_KEYS:
+        if key not in data:
+            raise UsageError(f"{where}: {prefix} has no {key!r} key", _REGENERATE)
+    cc = read.text("compute_capability")
+    if cc is not None:
+        read.parsed("compute_capability", parse_cc)
+    pci = read.text("pci_device_id")
+    if pci is not None and not _PCI_ID_RE.match(pci):
+        read.fail("pci_device_id", "must be of the form 0x233010DE")
+    migs = []
+    for n, item in enumerate(read.items("mig_devices")):
+        mig_prefix = f"{prefix}.mig_devices[{n}]"
+        if not isinstance(item, dict):
+            raise UsageError(
+                f"{where}: {mig_prefix} must be an object, got {_show(item)}", _REGENERATE
+            )
+        mig = _Reader(item, where, mig_prefix + ".")
+        uuid = mig.text("uuid")
+        if uuid is None:
+            mig.fail("uuid", "must be text")
+        migs.append(
+            MigDevice(
+                index=mig.index("index"),
+                uuid=uuid,
+                name=mig.text("name"),
+                memory_total_mib=mig.count("memory_total_mib"),
+                visible=mig.flag("visible", True),
+            )
+        )
     return Gpu(
-        index=int(data["index"]),
-        uuid=_opt_str(data.get("uuid")),
-        name=_opt_str(data.get("name")),
+        index=read.index("index"),
+        uuid=read.text("uuid"),
+        name=read.text("name"),
         compute_capability=cc,
-        memory_total_mib=_opt_int(data.get("memory_total_mib")),
-        pci_device_id=_opt_str(data.get("pci_device_id")),
-        pci_bus_id=_opt_str(data.get("pci_bus_id")),
-        brand=_opt_str(data.get("brand")),
-        mig_enabled=bool(data.get("mig_enabled", False)),
-        mig_devices=migs,
-        visible=bool(data.get("visible", True)),
-        error=_opt_str(data.get("error")),
-        fix=_opt_str(data.get("fix")),
+        memory_total_mib=read.count("memory_total_mib"),
+        pci_device_id=pci,
+        pci_bus_id=read.text("pci_bus_id"),
+        brand=read.text("brand"),
+        mig_enabled=read.flag("mig_enabled", False),
+        mig_devices=tuple(migs),
+        visible=read.flag("visible", True),
+        error=read.text("error"),
+        fix=read.text("fix"),
     )
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)

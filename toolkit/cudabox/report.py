@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cudabox.images.catalog import FRAMEWORKS, load_catalog
 from cudabox.doctor.model import LAYERS, DoctorReport, Status
 from cudabox.errors import ExitCode, UsageError
+from cudabox.images.catalog import FRAMEWORKS, load_catalog
 from cudabox.output import print_json, table
 from cudabox.resolver import Selection, select
 
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def load_reports(files: Sequence[Path]) -> list[DoctorReport]:
-    reports = [DoctorReport.load(path) for path in files]
+    reports = [_load(path) for path in files]
     names = [r.node for r in reports]
     for name in names:
         if names.count(name) > 1:
@@ -54,6 +54,16 @@ def load_reports(files: Sequence[Path]) -> list[DoctorReport]:
                 "pass one report per node (the newest)",
             )
     return reports
+
+
+def _load(path: Path) -> DoctorReport:
+    try:
+        return DoctorReport.load(path)
+    except UsageError as exc:
+        # The report's parts are checked by their own readers, which know the node, not the file.
+        if str(path) in exc.message:
+            raise
+        raise UsageError(f"report {path}: {exc.message}", exc.fix) from None
 
 
 def fleet_framework(reports: Sequence[DoctorReport], wanted: str | None) -> str:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cudabox.images.catalog import FRAMEWORKS
 from cudabox.doctor.model import LAYERS, LEVELS, DoctorReport
 from cudabox.errors import ExitCode, Unavailable
-from cudabox.output import table
+from cudabox.images.catalog import FRAMEWORKS
+from cudabox.output import check_writable, table, write_atomic
 
 __all__ = ["cmd_doctor", "register", "render_summary"]
 
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from cudabox.doctor.run import Doctor, Options, write_json
+    from cudabox.doctor.run import Doctor, Options
 
     if args.here and args.image != "auto":
         from cudabox.errors import UsageError
@@ -55,12 +55,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         raise UsageError(
             "--here checks this Python environment, not an image", "drop --image, or drop --here"
         )
+    if args.json is not None:
+        # Before the run: a `full` run takes minutes, and its results must not be lost to a typo.
+        check_writable(args.json, "doctor report")
     doctor = Doctor(
         Options(framework=args.framework, image=args.image, level=args.level, here=args.here)
     )
     report = doctor.run()
     if args.json is not None:
-        write_json(report, args.json)
+        write_atomic(args.json, report.dumps(), "doctor report")
     to_stdout = args.json is not None and str(args.json) == "-"
     summary = render_summary(report)
     print(summary, file=__import__("sys").stderr if to_stdout else None)

@@ -6,6 +6,7 @@ model and link from the host layer's readings.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 from cudabox.doctor.model import Check, Status, check
 from cudabox.errors import DataError
 from cudabox.nvml import GpuHealth
+from cudabox.output import decode_text
 
 LAYER = "performance"
 FAIL_BELOW = 0.75  # x the expected value: datacenter diagnostics' threshold on measured rows
@@ -62,43 +64,78 @@ class PerfTable:
         return Expectation(round(peak[0] * PEAK_FRACTION[metric], 1), "peak", peak[1], peak[0])
 
 
-def parse_perf(data: Mapping[str, Any]) -> PerfTable:
-    if data.get("schema") != 1:
-        raise DataError(f"gpu_perf.toml: 'schema' must be 1, got {data.get('schema')!r}")
-    sources = {str(k): str(v) for k, v in dict(data.get("sources") or {}).items()}
-    rows: dict[tuple[str, str], dict[str, tuple[float, str]]] = {}
-    for n, row in enumerate(data.get("row") or [], start=1):
-        where = f"gpu_perf.toml row {n}"
-        unknown = set(row) - {"pci_device_id", "name", "metric", "kind", "value", "source"}
-        if unknown:
-            raise DataError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+_ROW_KEYS: dict[str, tuple[type, ...]] = {
+    "pci_device_id": (str,),
+    "name": (str,),
+    "metric": (str,),
+    "kind": (str,),
+    "value": (int, float),
+    "source": (str,),
+}
+_FIX = "reinstall cudabox; if you edited data/gpu_perf.toml, correct the row it names"
+
+
+def parse_perf(data: Mapping[str, Any] | str, where: str = "gpu_perf.toml") -> PerfTable:
+    """The table of gpu_perf.toml (its text, or the parsed table); any flaw is a DataError."""
+    if isinstance(data, str):
         try:
-            pci, metric, kind, value, source = (
-                str(row["pci_device_id"]),
-                str(row["metric"]),
-                str(row["kind"]),
-                float(row["value"]),
-                str(row["source"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{where}: {exc}") from None
+            data = tomllib.loads(data)
+        except tomllib.TOMLDecodeError as exc:
+            raise DataError(f"{where} is not valid TOML: {exc}", _FIX) from None
+    unknown_top = set(data) - {"schema", "sources", "row"}
+    if unknown_top:
+        raise DataError(f"{where}: unknown top-level key {sorted(unknown_top)[0]!r}", _FIX)
+    if type(data.get("schema")) is not int or data.get("schema") != 1:
+        raise DataError(f"{where}: 'schema' must be 1, got {data.get('schema')!r}", _FIX)
+    sources = data.get("sources") or {}
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise DataError(f"{where}: [sources] must map each source key to a text", _FIX)
+    table = data.get("row") or []
+    if not isinstance(table, list) or not all(isinstance(r, dict) for r in table):
+        raise DataError(f"{where}: 'row' must be a list of [[row]] tables", _FIX)
+    rows: dict[tuple[str, str], dict[str, tuple[float, str]]] = {}
+    for n, row in enumerate(table, start=1):
+        at = f"{where} row {n}"
+        unknown = set(row) - set(_ROW_KEYS)
+        if unknown:
+            raise DataError(f"{at}: unknown key {sorted(unknown)[0]!r}", _FIX)
+        for key, kinds in _ROW_KEYS.items():
+            if key == "name" and key not in row:
+                continue  # the model name is a comment for people; the PCI id is the key
+            if key not in row:
+                raise DataError(f"{at}: missing key {key!r}", _FIX)
+            if not isinstance(row[key], kinds) or isinstance(row[key], bool):
+                raise DataError(f"{at}: {key!r} has the wrong type: {row[key]!r}", _FIX)
+        pci, metric, kind, source = (
+            row["pci_device_id"],
+            row["metric"],
+            row["kind"],
+            row["source"],
+        )
+        value = float(row["value"])
+        if not math.isfinite(value) or value <= 0:
+            raise DataError(f"{at}: value must be a number above 0, got {row['value']!r}", _FIX)
         if not pci.startswith("0x") or len(pci) != 10 or not pci.upper().endswith("10DE"):
-            raise DataError(f"{where}: pci_device_id {pci!r} is not of the form 0x233010DE")
+            raise DataError(f"{at}: pci_device_id {pci!r} is not of the form 0x233010DE", _FIX)
         if metric not in METRICS or kind not in ("peak", "measured"):
-            raise DataError(f"{where}: metric must be one of {METRICS}, kind peak or measured")
+            raise DataError(f"{at}: metric must be one of {METRICS}, kind peak or measured", _FIX)
         if source not in sources:
-            raise DataError(f"{where}: source {source!r} is not in [sources]")
-        kinds = rows.setdefault((pci.upper().replace("0X", "0x"), metric), {})
-        if kind in kinds:
-            raise DataError(f"{where}: a second {kind} row for {pci} {metric}")
-        kinds[kind] = (value, source)
-    return PerfTable(rows, sources)
+            raise DataError(f"{at}: source {source!r} is not in [sources]", _FIX)
+        kinds_seen = rows.setdefault((pci.upper().replace("0X", "0x"), metric), {})
+        if kind in kinds_seen:
+            raise DataError(f"{at}: a second {kind} row for {pci} {metric}", _FIX)
+        kinds_seen[kind] = (value, source)
+    return PerfTable(rows, {str(k): str(v) for k, v in sources.items()})
 
 
 @cache
 def load_perf() -> PerfTable:
-    text = resources.files("cudabox").joinpath("data/gpu_perf.toml").read_text()
-    return parse_perf(tomllib.loads(text))
+    where = "cudabox's data/gpu_perf.toml"
+    try:
+        raw = resources.files("cudabox").joinpath("data/gpu_perf.toml").read_bytes()
+    except OSError as exc:
+        raise DataError(f"{where} cannot be read: {exc.strerror}", _FIX) from None
+    return parse_perf(decode_text(raw, where, _FIX, DataError), where)
 
 
 def judge(

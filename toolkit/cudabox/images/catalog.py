@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cudabox.errors import DataError, UsageError
+from cudabox.output import read_text
 from cudabox.versions import Arch, CudaVersion, DriverVersion
 
 FRAMEWORKS = ("torch", "tensorflow")
@@ -35,6 +38,13 @@ _CUDA_REQUIRED = {
 }
 _OPTIONAL = {"index_url": str, "ptx_cuda": str, "forward_compat": bool}
 _KNOWN = {**_REQUIRED, **_CUDA_REQUIRED, **_OPTIONAL}
+# An image's name is the repository part of its tag (cudabox/NAME:latest).
+_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+
+IMAGES_ENV = "CUDABOX_IMAGES"
+_ENV_FIX = f"set {IMAGES_ENV} to the images/ folder of a cudabox checkout, or unset it"
+_CHECKOUT_FIX = "restore images/catalog.toml from the cudabox checkout (git checkout images/)"
+_KEYS_FIX = "correct the catalog entry; the comments at the top of images/catalog.toml explain it"
 
 
 @dataclass(frozen=True)
@@ -104,47 +114,73 @@ def rank_key(image: ImageSpec) -> tuple[tuple[int, ...], CudaVersion]:
 
 def find_images_dir(start: Path | None = None) -> Path:
     """Locate images/ : $CUDABOX_IMAGES, else upwards from the working directory, else the checkout."""
-    env = os.environ.get("CUDABOX_IMAGES")
+    env = os.environ.get(IMAGES_ENV)
     if env:
-        return Path(env)
-    candidates = [start or Path.cwd(), Path(__file__).resolve().parent]
+        folder = Path(env)
+        if folder.is_file():
+            raise DataError(
+                f"{IMAGES_ENV}={env} is a file; it must name the folder that holds catalog.toml",
+                f"set {IMAGES_ENV}={folder.parent}",
+            )
+        if not folder.is_dir():
+            raise DataError(f"{IMAGES_ENV}={env}: no such folder", _ENV_FIX)
+        return folder
+    candidates = [Path(__file__).resolve().parent]
+    # A deleted working directory has no images/; the checkout cudabox runs from still counts.
+    with contextlib.suppress(FileNotFoundError):
+        candidates.insert(0, start or Path.cwd())
     for base in candidates:
         for folder in (base, *base.parents):
             if (folder / "images" / "catalog.toml").is_file():
                 return folder / "images"
     raise UsageError(
         "cannot find images/catalog.toml",
-        "run cudabox from a cudabox checkout, or set CUDABOX_IMAGES to its images/ folder",
+        f"run cudabox from a cudabox checkout, or set {IMAGES_ENV} to its images/ folder",
     )
 
 
 def load_catalog(path: Path | None = None) -> Catalog:
     path = path or find_images_dir() / "catalog.toml"
+    # The catalog is the project's data: whatever is wrong with it is a DataError (exit 6).
+    fix = _ENV_FIX if os.environ.get(IMAGES_ENV) else _CHECKOUT_FIX
+    text = read_text(path, "catalog", fix, error=DataError)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"catalog {path} does not exist") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise DataError(f"catalog {path} is not valid TOML: {exc}") from None
+        raise DataError(f"catalog {path} is not valid TOML: {exc}", fix) from None
     return parse_catalog(data, path.parent, where=str(path))
 
 
 def parse_catalog(data: dict[str, Any], root: Path, where: str = "catalog") -> Catalog:
     unknown_top = set(data) - {"schema", "image"}
     if unknown_top:
-        raise DataError(f"{where}: unknown top-level key {sorted(unknown_top)[0]!r}")
-    if data.get("schema") != 1:
-        raise DataError(f"{where}: 'schema' must be 1, got {data.get('schema')!r}")
+        raise DataError(f"{where}: unknown top-level key {sorted(unknown_top)[0]!r}", _KEYS_FIX)
+    schema = data.get("schema")
+    if type(schema) is not int or schema != 1:
+        raise DataError(f"{where}: 'schema' must be 1, got {schema!r}", _KEYS_FIX)
+    entries = data.get("image", [])
+    if isinstance(entries, dict):
+        raise DataError(
+            f"{where}: 'image' is one [image] table; each image is an [[image]] table",
+            "write [[image]] (two brackets) above each image",
+        )
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise DataError(
+            f"{where}: 'image' must be a list of [[image]] tables, got {entries!r:.60}",
+            "write each image as an [[image]] table with its keys below it",
+        )
     images = tuple(
-        _parse_image(raw, root, f"{where} image #{n + 1}")
-        for n, raw in enumerate(data.get("image", []))
+        _parse_image(raw, root, f"{where} image #{n + 1}") for n, raw in enumerate(entries)
     )
     if not images:
-        raise DataError(f"{where}: no [[image]] entries")
+        raise DataError(f"{where}: no [[image]] entries", _KEYS_FIX)
     names = [i.name for i in images]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
-        raise DataError(f"{where}: image name {sorted(duplicates)[0]!r} appears twice")
+        raise DataError(
+            f"{where}: image name {sorted(duplicates)[0]!r} appears twice",
+            "give every image its own name",
+        )
     return Catalog(images=images, root=root)
 
 
@@ -160,18 +196,32 @@ def _parse_image(raw: dict[str, Any], root: Path, where: str) -> ImageSpec:
     required: dict[str, type] = {**_REQUIRED, **(_CUDA_REQUIRED if flavor == "cuda" else {})}
     for key in required:
         if key not in raw:
-            raise DataError(f"{where}: missing key {key!r}")
+            raise DataError(f"{where}: missing key {key!r}", _KEYS_FIX)
     for key, value in raw.items():
         if not isinstance(value, _KNOWN[key]):
-            raise DataError(f"{where}: {key!r} must be a {_KNOWN[key].__name__}, got {value!r}")
+            raise DataError(
+                f"{where}: {key!r} must be a {_KNOWN[key].__name__}, got {value!r}", _KEYS_FIX
+            )
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise DataError(
+                f'{where}: {key!r} must be a list of strings such as "8.6", got {value!r}',
+                _KEYS_FIX,
+            )
+    if not _NAME_RE.match(raw["name"]):
+        raise DataError(
+            f"{where}: name {raw['name']!r} cannot be part of an image tag",
+            "use lowercase letters, digits and '.', '_' or '-' between them",
+        )
     if raw["framework"] not in FRAMEWORKS:
-        raise DataError(f"{where}: framework must be one of {FRAMEWORKS}, got {raw['framework']!r}")
+        raise DataError(
+            f"{where}: framework must be one of {FRAMEWORKS}, got {raw['framework']!r}", _KEYS_FIX
+        )
     if flavor not in FLAVORS:
-        raise DataError(f"{where}: flavor must be one of {FLAVORS}, got {flavor!r}")
+        raise DataError(f"{where}: flavor must be one of {FLAVORS}, got {flavor!r}", _KEYS_FIX)
     if flavor == "cpu":
         stray = set(raw) & set(_CUDA_REQUIRED)
         if stray:
-            raise DataError(f"{where}: a cpu image takes no {sorted(stray)[0]!r}")
+            raise DataError(f"{where}: a cpu image takes no {sorted(stray)[0]!r}", _KEYS_FIX)
     try:
         spec = ImageSpec(
             name=raw["name"],
@@ -195,7 +245,9 @@ def _parse_image(raw: dict[str, Any], root: Path, where: str) -> ImageSpec:
             tag=f"cudabox/{raw['name']}:latest",
         )
     except ValueError as exc:
-        raise DataError(f"{where}: {exc}") from None
+        raise DataError(f"{where}: {exc}", _KEYS_FIX) from None
     if spec.is_cuda and not (spec.sass_archs or spec.ptx_archs):
-        raise DataError(f"{where}: a cuda image needs at least one SASS or PTX architecture")
+        raise DataError(
+            f"{where}: a cuda image needs at least one SASS or PTX architecture", _KEYS_FIX
+        )
     return spec
