@@ -24,9 +24,6 @@ _REQUIRED = {
     "flavor": str,
     "python": str,
     "base_image": str,
-    "dockerfile": str,
-    "requirements": str,
-    "lock": str,
     "source": str,
 }
 _CUDA_REQUIRED = {
@@ -106,6 +103,11 @@ class Catalog:
         if not options:
             raise DataError(f"the catalog has no {framework} {flavor} image")
         return max(options, key=rank_key)
+
+
+def image_folder(root: Path, framework: str, name: str) -> Path:
+    """images/FRAMEWORK/NAME/: requirements.in, lock.txt and the rendered Dockerfile."""
+    return root / framework / name
 
 
 def rank_key(image: ImageSpec) -> tuple[tuple[int, ...], CudaVersion]:
@@ -230,9 +232,9 @@ def _parse_image(raw: dict[str, Any], root: Path, where: str) -> ImageSpec:
             flavor=flavor,
             python=raw["python"],
             base_image=raw["base_image"],
-            dockerfile=root / raw["dockerfile"],
-            requirements=root / raw["requirements"],
-            lock=root / raw["lock"],
+            dockerfile=image_folder(root, raw["framework"], raw["name"]) / "Dockerfile",
+            requirements=image_folder(root, raw["framework"], raw["name"]) / "requirements.in",
+            lock=image_folder(root, raw["framework"], raw["name"]) / "lock.txt",
             source=raw["source"],
             cuda=CudaVersion.parse(raw["cuda"]) if "cuda" in raw else None,
             cudnn=raw.get("cudnn"),
