@@ -170,9 +170,11 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff, mypy --strict, rendered Dockerfiles current, hadolint, actionlint."""
     _install(session, dev=True)
-    session.run("ruff", "check", "toolkit", "tests", "noxfile.py", "benchmarks")
-    session.run("ruff", "format", "--check", "toolkit", "tests", "noxfile.py", "benchmarks")
+    checked = ("toolkit", "tests", "noxfile.py", "benchmarks", "scripts/gpu-evidence")
+    session.run("ruff", "check", *checked)
+    session.run("ruff", "format", "--check", *checked)
     session.run("mypy")
+    session.run("mypy", "scripts/gpu-evidence")
     session.run("cudabox", "render", "--check")
     dockerfiles = sorted(str(p) for p in ROOT.glob("images/*/*/Dockerfile"))
     session.run("hadolint", "--config", "images/hadolint.yaml", *dockerfiles)
