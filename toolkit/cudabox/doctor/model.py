@@ -6,13 +6,17 @@ away (new keys may appear without a bump).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from cudabox.errors import ExitCode, UsageError
-from cudabox.host import HostProfile
+from cudabox.host import HostProfile, _Reader, _show
+from cudabox.images.catalog import FRAMEWORKS
 from cudabox.output import read_json
 
 SCHEMA_VERSION = 1
@@ -69,24 +73,52 @@ class Check:
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> Check:
-        if not isinstance(data, dict):
-            raise TypeError("each check must be an object")
-        status = str(data["status"])
-        if status not in STATUSES:
-            raise ValueError(f"check {data.get('id')!r} has unknown status {status!r}")
-        duration = data.get("duration_s")
-        return cls(
-            id=str(data["id"]),
-            layer=str(data["layer"]),
-            status=status,  # checked against STATUSES above
-            message=str(data.get("message") or ""),
-            value=_value(data.get("value")),
-            expected=_value(data.get("expected")),
-            unit=_opt_str(data.get("unit")),
-            fix=_opt_str(data.get("fix")),
-            duration_s=float(duration) if duration is not None else None,
-        )
+    def from_json(cls, data: Any, where: str = "check", prefix: str = "") -> Check:
+        """One check as a report (or the in-image script) wrote it; every key checked.
+
+        `where` names the input in messages ("report nodes/a.json"), `prefix` the check in it
+        ("checks[3].").
+        """
+        with _as_report_error():
+            if not isinstance(data, dict):
+                raise UsageError(
+                    f"{where}: {prefix.rstrip('.') or 'a check'} must be an object, "
+                    f"got {_show(data)}",
+                    _REGENERATE,
+                )
+            for key in _CHECK_KEYS:
+                if key not in data:
+                    raise UsageError(
+                        f"{where}: {prefix.rstrip('.') or 'the check'} has no {key!r} key",
+                        _REGENERATE,
+                    )
+            read = _Reader(data, where, prefix)
+            cid = read.text("id")
+            if not cid:
+                read.fail("id", "must be a check id (text)")
+            layer = read.text("layer")
+            if layer not in LAYERS:
+                read.fail("layer", f"must be one of {', '.join(LAYERS)}")
+            status = next((s for s in STATUSES if s == data["status"]), None)  # typed Status
+            if status is None:
+                read.fail("status", f"must be one of {', '.join(STATUSES)}")
+            message = read.text("message")
+            if message is None:
+                read.fail("message", "must be text")
+            duration = data.get("duration_s")
+            if duration is not None and (type(duration) not in (int, float) or duration < 0):
+                read.fail("duration_s", "must be a number of seconds >= 0, or null")
+            return cls(
+                id=cid,
+                layer=layer,
+                status=status,
+                message=message,
+                value=_value(read, "value"),
+                expected=_value(read, "expected"),
+                unit=read.text("unit"),
+                fix=read.text("fix"),
+                duration_s=None if duration is None else float(duration),
+            )
 
 
 def check(
@@ -159,45 +191,99 @@ class DoctorReport:
         return json.dumps(self.to_json(), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, data: Any, source: str | None = None) -> DoctorReport:
-        where = source or "doctor report"
-        fix = "regenerate it with `cudabox doctor --json FILE` on that node"
+    def from_json(
+        cls, data: Any, source: str | None = None, where: str | None = None
+    ) -> DoctorReport:
+        """The report `doctor --json` wrote; every key checked, so a wrong file is a usage error.
+
+        `where` names the input in messages ("report nodes/a.json"); `source` becomes the node's
+        name when its host profile has no hostname.
+        """
+        where = where or (f"doctor report {source}" if source else "doctor report")
         if not isinstance(data, dict) or data.get("kind") != KIND:
-            raise UsageError(f"{where} is not a cudabox doctor report", fix)
+            raise UsageError(f"{where} is not a cudabox doctor report", _REGENERATE)
         schema = data.get("schema")
-        if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        if type(schema) is int and schema > SCHEMA_VERSION:
             raise UsageError(
                 f"{where} has doctor schema {schema!r}; this cudabox reads up to {SCHEMA_VERSION}",
                 "upgrade cudabox on this machine",
             )
-        try:
-            versions = {str(k): _opt_str(v) for k, v in dict(data.get("versions") or {}).items()}
+        if type(schema) is not int or schema < 1:
+            raise UsageError(
+                f"{where} has doctor schema {_show(schema)}; this cudabox reads up to "
+                f"{SCHEMA_VERSION}",
+                _REGENERATE,
+            )
+        with _as_report_error():
+            missing = [key for key in _REPORT_KEYS if key not in data]
+            if missing:
+                raise UsageError(
+                    f"{where} is not a complete doctor report: it has no {missing[0]!r} key",
+                    _REGENERATE,
+                )
+            read = _Reader(data, where)
+            version = read.text("cudabox_version")
+            if not version:
+                read.fail("cudabox_version", "must be a version (text)")
+            timestamp = read.text("timestamp")
+            if timestamp is None:
+                read.fail("timestamp", "must be an ISO 8601 time (text)")
+            try:
+                dt.datetime.fromisoformat(timestamp)
+            except ValueError:
+                read.fail("timestamp", "must be an ISO 8601 time")
+            level = next((v for v in LEVELS if v == data["level"]), None)
+            if level is None:
+                read.fail("level", f"must be one of {', '.join(LEVELS)}")
+            framework = read.text("framework")
+            if framework not in FRAMEWORKS:
+                read.fail("framework", f"must be one of {', '.join(FRAMEWORKS)}")
+            versions = data.get("versions", {})
+            if not isinstance(versions, dict):
+                read.fail("versions", "must be an object")
+            found = _Reader(versions, where, "versions.")
+            items = read.items("checks", required=True)
+            if not items:
+                read.fail("checks", "must list the checks the doctor ran")
             return cls(
-                cudabox_version=str(data["cudabox_version"]),
-                timestamp=str(data["timestamp"]),
-                level=str(data["level"]),
-                framework=str(data.get("framework") or "torch"),
-                image=_opt_str(data.get("image")),
-                here=bool(data.get("here", False)),
-                host=HostProfile.from_json(data["host"], source=source),
-                checks=tuple(Check.from_json(c) for c in data["checks"]),
-                versions=versions,
+                cudabox_version=version,
+                timestamp=timestamp,
+                level=level,
+                framework=framework,
+                image=read.text("image"),
+                here=read.flag("here", False),
+                host=HostProfile.from_json(data["host"], source=source, where=f"{where}: host"),
+                checks=tuple(
+                    Check.from_json(item, where, f"checks[{n}].") for n, item in enumerate(items)
+                ),
+                versions={key: found.text(key) for key in versions},
                 source=source,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UsageError(f"{where} is not a valid doctor report: {exc}", fix) from None
 
     @classmethod
     def load(cls, path: Path) -> DoctorReport:
         data = read_json(path, "report", "write it with `cudabox doctor --json FILE`")
-        return cls.from_json(data, source=path.stem)
+        return cls.from_json(data, source=path.stem, where=f"report {path}")
 
 
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
+_REGENERATE = "regenerate it with `cudabox doctor --json FILE` on that node"
+_REPORT_KEYS = ("cudabox_version", "timestamp", "level", "framework", "here", "host", "checks")
+_CHECK_KEYS = ("id", "layer", "status", "message")
 
 
-def _value(value: Any) -> Value:
-    if value is None or isinstance(value, int | float | str | bool):
-        return value
-    raise TypeError(f"a check value must be a number, text or flag, not {type(value).__name__}")
+@contextmanager
+def _as_report_error() -> Iterator[None]:
+    """The host profile's reader (host.py) suggests `cudabox probe`; in a report the doctor's
+    run made the file, so its fix is to run the doctor again."""
+    try:
+        yield
+    except UsageError as exc:
+        raise UsageError(exc.message, _REGENERATE) from None
+
+
+def _value(read: _Reader, key: str) -> Value:
+    """A measured value: a number, a text, a flag or null (lists stay out of the table)."""
+    value = read.data.get(key)
+    if value is not None and not isinstance(value, int | float | str | bool):
+        read.fail(key, "must be a number, text, true, false or null")
+    return value

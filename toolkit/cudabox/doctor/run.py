@@ -7,7 +7,6 @@ quick: host + engine. standard: + container, framework, performance. full: + tra
 from __future__ import annotations
 
 import datetime as dt
-import json
 import subprocess
 import sys
 import time
@@ -263,11 +262,3 @@ class Doctor:
             gpus = bool(profile.gpus) and passed is not None and passed.status == "pass"
             found = training_layer.train_in_image(engine, image, gpus, TRAIN_TIMEOUT)
         self.add(found, started)
-
-
-def write_json(report: DoctorReport, path: Path) -> None:
-    text = json.dumps(report.to_json(), indent=2) + "\n"
-    if str(path) == "-":
-        sys.stdout.write(text)
-    else:
-        path.write_text(text)

@@ -21,6 +21,7 @@ from cudabox.images.catalog import ImageSpec
 from cudabox.images.labels import labels_for
 from cudabox.images.lock import lock_digest, normalise, parse_lock
 from cudabox.options import PackageSources
+from cudabox.output import read_text
 
 LABELS_MARKER = "# cudabox:labels"
 
@@ -75,8 +76,10 @@ def assemble_context(
         raise DataError(
             f"{spec.name}: lock {spec.lock} does not exist", f"run `cudabox lock {spec.name}`"
         )
-    lock_text = spec.lock.read_text()
-    pins = parse_lock(lock_text)
+    lock_text = read_text(
+        spec.lock, "lock", f"regenerate it with `cudabox lock {spec.name}`", error=DataError
+    )
+    pins = parse_lock(lock_text, str(spec.lock))
     placed = ["Dockerfile", "build/requirements.txt", "build/stage.py", "root/opt/cudabox/"]
     all_labels = dict(labels) if labels is not None else labels_for(spec, lock_digest(spec.lock))
     (dest / "Dockerfile").write_text(

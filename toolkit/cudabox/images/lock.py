@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from cudabox.output import print_json, progress, table
 PLATFORM = "x86_64-manylinux_2_28"
 _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 _HASH_RE = re.compile(r"--hash=(sha256:[0-9a-f]{64})")
+# As pip reads a requirements file (pip/_internal/req/req_file.py): a comment runs from a '#'
+# at the start or after white space, and a line ending in a backslash goes on unless it has one.
+_COMMENT_RE = re.compile(r"(^|\s+)#.*$")
 
 
 @dataclass(frozen=True)
@@ -39,32 +43,61 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def parse_lock(text: str) -> dict[str, Pin]:
+def parse_lock(text: str, where: str = "lock") -> dict[str, Pin]:
     """The pins of a hash-locked requirements file, by normalised name.
 
-    Raises DataError when an entry is not pinned with == or carries no hash, since
-    `pip install --require-hashes` would refuse such a file anyway.
+    Raises DataError naming `where` (the lock's path) and the line when an entry is not pinned
+    with == or carries no hash, since `pip install --require-hashes` would refuse such a file
+    anyway; also when a distribution is pinned twice or nothing is pinned at all.
     """
+    fix = "regenerate it with `cudabox lock NAME`"
     pins: dict[str, Pin] = {}
-    # Join continuation lines, drop comments.
-    logical = re.sub(r"\\\n", " ", text)
-    for number, raw in enumerate(logical.splitlines(), start=1):
-        line = raw.split(" #", 1)[0].strip()
-        if not line or line.startswith("#"):
+    first_line: dict[str, int] = {}
+    for number, raw in _requirement_lines(text):
+        line = _COMMENT_RE.sub("", raw).strip()
+        if not line:
             continue
         if line.startswith("-"):
             raise DataError(
-                f"lock line {number}: options ({line.split()[0]}) do not belong in a lock"
+                f"{where} line {number}: options ({line.split()[0]}) do not belong in a lock", fix
             )
         match = _PIN_RE.match(line)
         if not match:
-            raise DataError(f"lock line {number}: {line[:60]!r} is not pinned with ==")
+            raise DataError(f"{where} line {number}: {line[:60]!r} is not pinned with ==", fix)
         hashes = tuple(_HASH_RE.findall(line))
         if not hashes:
-            raise DataError(f"lock line {number}: {match[1]}=={match[2]} has no --hash")
+            raise DataError(f"{where} line {number}: {match[1]}=={match[2]} has no --hash", fix)
         name = normalise(match[1])
+        if name in pins:
+            raise DataError(
+                f"{where} line {number}: {name} is pinned twice (also on line {first_line[name]})",
+                fix,
+            )
         pins[name] = Pin(name=name, version=match[2], hashes=hashes)
+        first_line[name] = number
+    if not pins:
+        raise DataError(f"{where} pins no distribution", fix)
     return pins
+
+
+def _requirement_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Each entry with its continuation lines joined, and the number of the line it starts on.
+
+    splitlines() ends a line at LF or CRLF alike, so a lock saved on Windows reads the same.
+    """
+    start = 0
+    parts: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not parts:
+            start = number
+        if line.endswith("\\") and not _COMMENT_RE.search(line):
+            parts.append(line[:-1])
+            continue
+        parts.append(line)
+        yield start, " ".join(parts)
+        parts = []
+    if parts:
+        yield start, " ".join(parts)
 
 
 def lock_digest(path: Path) -> str:
@@ -148,7 +181,8 @@ def lock_image(spec: ImageSpec, root: Path, sources: PackageSources) -> str:
             raise DataError(f"{spec.name}: uv pip compile failed:\n{proc.stderr.strip()}", fix)
         body = output.read_text()
     text = header(spec, args, relative_in) + body
-    pins = parse_lock(text)  # a lock cudabox cannot read back is a bug: fail here, not in the build
+    # A lock cudabox cannot read back is a bug: fail here, not in the build.
+    pins = parse_lock(text, str(spec.lock))
     return text + sizes_trailer(spec, pins, sources)
 
 
@@ -189,7 +223,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
         spec.lock.parent.mkdir(parents=True, exist_ok=True)
         if old != text:
             spec.lock.write_text(text)
-        pins = parse_lock(text)
+        pins = parse_lock(text, str(spec.lock))
         rows.append(
             {
                 "name": spec.name,

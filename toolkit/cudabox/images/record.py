@@ -11,6 +11,7 @@ from cudabox.errors import DataError
 from cudabox.images.catalog import ImageSpec
 from cudabox.images.lock import lock_digest
 from cudabox.images.verify import VerifyResult
+from cudabox.output import read_json, write_atomic
 
 if TYPE_CHECKING:
     from cudabox.images.build import BuildResult
@@ -48,19 +49,30 @@ def record_entry(
 
 
 def write_record(path: Path, entries: dict[str, dict[str, Any]]) -> None:
-    data: dict[str, Any] = {"schema": RECORD_SCHEMA, "images": {}}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is not valid JSON: {exc}") from None
-    data.setdefault("images", {}).update(entries)
-    data["images"] = dict(sorted(data["images"].items()))
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    """Add or replace `entries` in the record at `path`, keeping the other images' entries."""
+    images = {**read_record(path), **entries}
+    data = {"schema": RECORD_SCHEMA, "images": dict(sorted(images.items()))}
+    write_atomic(path, json.dumps(data, indent=2) + "\n", "verified record")
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+def read_record(path: Path) -> dict[str, dict[str, Any]]:
+    """Each image's entry in the record at `path`; {} when there is no record yet."""
+    if not path.exists():
         return {}
-    images = json.loads(path.read_text()).get("images", {})
-    return images if isinstance(images, dict) else {}
+    fix = "restore it from git, or delete it: `cudabox verify NAME --record FILE` writes a new one"
+    data = read_json(path, "verified record", fix, error=DataError)
+    where = f"verified record {path}"
+    if not isinstance(data, dict):
+        raise DataError(f"{where} is not a JSON object", fix)
+    schema = data.get("schema")
+    if type(schema) is not int or schema != RECORD_SCHEMA:
+        raise DataError(
+            f"{where} has schema {schema!r}; this cudabox reads schema {RECORD_SCHEMA}", fix
+        )
+    images = data.get("images")
+    if not isinstance(images, dict):
+        raise DataError(f"{where}: 'images' must be an object of image name -> entry", fix)
+    for name, entry in images.items():
+        if not isinstance(entry, dict):
+            raise DataError(f"{where}: the entry of {name!r} must be an object", fix)
+    return images

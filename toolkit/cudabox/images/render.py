@@ -20,7 +20,7 @@ from cudabox.errors import DataError, ExitCode
 from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.images.lock import Pin, parse_lock
 from cudabox.images.targets import resolve_targets
-from cudabox.output import progress
+from cudabox.output import progress, read_text
 
 TEMPLATE = "Dockerfile.template"
 LAYER_MIN_BYTES = 30_000_000
@@ -93,7 +93,7 @@ def _mb(size: int) -> str:
 def render(spec: ImageSpec, template: str, lock_text: str, lock_name: str) -> str:
     """The Dockerfile of one image."""
     layers = plan_layers(
-        spec.framework, parse_lock(lock_text), installed_sizes(lock_text), lock_name
+        spec.framework, parse_lock(lock_text, lock_name), installed_sizes(lock_text), lock_name
     )
     heavy = [layer for layer in layers if layer.name != REST_LAYER]
     copies = []
@@ -150,7 +150,8 @@ def rendered(spec: ImageSpec, images_dir: Path) -> str:
             f"{spec.name}: lock {spec.lock} does not exist", f"run `cudabox lock {spec.name}`"
         )
     lock_name = spec.lock.relative_to(images_dir.parent).as_posix()
-    return render(spec, template, spec.lock.read_text(), lock_name)
+    fix = f"regenerate it with `cudabox lock {spec.name}`"
+    return render(spec, template, read_text(spec.lock, "lock", fix, error=DataError), lock_name)
 
 
 @dataclass(frozen=True)

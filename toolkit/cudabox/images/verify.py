@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cudabox.container import ContainerEngine
 from cudabox.errors import BuildError
 from cudabox.images.catalog import ImageSpec
 from cudabox.images.labels import Reported, compare, compare_labels
 from cudabox.images.lock import lock_digest
-from cudabox.output import progress
+from cudabox.output import parse_json, progress
 
 UNIT_TIMEOUT_S = 300
 
@@ -68,6 +68,54 @@ def run_script(
     return result.ok, result.output, result.seconds
 
 
+# The facts cudabox reads from facts.py's JSON line (images/units/*/facts.py), and their types.
+_FACTS: dict[str, tuple[type, ...]] = {
+    "framework_version": (str,),
+    "cuda": (str, type(None)),
+    "cudnn": (int, str, type(None)),  # torch: 92600; TensorFlow: "9"
+    "arch_list": (list,),
+    "uid": (int,),
+    "packages": (dict,),
+    "packages_bytes": (int,),
+}
+
+
+def parse_facts(output: str, where: str, fix: str) -> tuple[dict[str, Any], Reported]:
+    """The JSON object facts.py prints as its last line, and what it reports.
+
+    Anything else (no JSON, a list, a fact of the wrong type) is a BuildError that shows the
+    script's output, not a crash of cudabox.
+    """
+    text = output.strip()
+
+    def refuse(problem: str) -> NoReturn:
+        raise BuildError(f"{where} {problem}:\n{text[-3000:]}", fix)
+
+    last = text.splitlines()[-1] if text else ""
+    try:
+        data = parse_json(last, "its last line", fix, error=BuildError)
+    except BuildError as exc:
+        refuse(f"printed no JSON object ({exc.message})")
+    if not isinstance(data, dict):
+        refuse(f"printed {type(data).__name__} {last[:60]}, not a JSON object")
+    for key, kinds in _FACTS.items():
+        if key not in data:
+            refuse(f"printed no {key!r}")
+        if not isinstance(data[key], kinds) or isinstance(data[key], bool):
+            refuse(f"printed {key!r} as {json.dumps(data[key])[:40]}")
+    if not all(isinstance(a, str) for a in data["arch_list"]):
+        refuse("printed an 'arch_list' that is not a list of texts")
+    if not all(isinstance(v, str) for v in data["packages"].values()):
+        refuse("printed 'packages' whose versions are not texts")
+    if data["packages_bytes"] < 0:
+        refuse("printed a negative 'packages_bytes'")
+    try:
+        reported = Reported.from_json(data)
+    except ValueError as exc:
+        refuse(f"printed a fact cudabox cannot read ({exc})")
+    return data, reported
+
+
 def verify_image(
     engine: ContainerEngine,
     spec: ImageSpec,
@@ -91,15 +139,10 @@ def verify_image(
         raise BuildError(
             f"{spec.name}: the facts check failed inside {tag}:\n{output.strip()[-3000:]}"
         )
-    try:
-        data = json.loads(output.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError):
-        raise BuildError(
-            f"{spec.name}: the facts check printed no JSON:\n{output.strip()[-3000:]}"
-        ) from None
-    result.packages_bytes = int(data.pop("packages_bytes", 0))
+    fix = f"see what it prints: docker run --rm -i {tag} python - < {folder / 'facts.py'}"
+    data, reported = parse_facts(output, f"{spec.name}: the facts check in {tag}", fix)
+    result.packages_bytes = data.pop("packages_bytes")
     result.reported = data
-    reported = Reported.from_json(data)
     problems = [f"catalog: {p}" for p in compare(spec, reported)]
     problems += [f"labels: {p}" for p in compare_labels(spec, info.labels, lock_digest(spec.lock))]
     if info.user in ("", "root", "0", "0:0"):

@@ -29,6 +29,7 @@ from cudabox.compat import Compat, load_compat
 from cudabox.errors import DataError, UsageError
 from cudabox.host import HostProfile
 from cudabox.images.catalog import ImageSpec
+from cudabox.output import decode_text
 from cudabox.resolver import Coverage, gpu_coverage
 from cudabox.versions import CudaVersion, DriverVersion, parse_cc
 
@@ -236,34 +237,67 @@ def gfd_labels(host: HostProfile, compat: Compat | None = None) -> dict[str, str
 @cache
 def known_capabilities() -> tuple[tuple[int, int], ...]:
     """Every real compute capability (data/compute_capabilities.toml), ascending."""
-    text = resources.files("cudabox").joinpath("data/compute_capabilities.toml").read_text()
-    return parse_capabilities(tomllib.loads(text))
+    where = "cudabox's data/compute_capabilities.toml"
+    try:
+        raw = resources.files("cudabox").joinpath("data/compute_capabilities.toml").read_bytes()
+    except OSError as exc:
+        raise DataError(f"{where} cannot be read: {exc.strerror}", _CC_FIX) from None
+    return parse_capabilities(decode_text(raw, where, _CC_FIX, DataError), where)
 
 
-def parse_capabilities(data: dict[str, Any]) -> tuple[tuple[int, int], ...]:
-    where = "compute capability data"
+_CC_FIX = (
+    "reinstall cudabox; if you edited data/compute_capabilities.toml, correct the row it names"
+)
+_CC_KEYS = ("cc", "gpus", "source")
+
+
+def parse_capabilities(
+    data: Mapping[str, Any] | str, where: str = "compute_capabilities.toml"
+) -> tuple[tuple[int, int], ...]:
+    """The capabilities of compute_capabilities.toml (its text, or the parsed table), ascending.
+
+    As strict as compat.toml's loader: any flaw is a DataError naming the row.
+    """
+    if isinstance(data, str):
+        try:
+            data = tomllib.loads(data)
+        except tomllib.TOMLDecodeError as exc:
+            raise DataError(f"{where} is not valid TOML: {exc}", _CC_FIX) from None
     unknown = set(data) - {"compute_capability", "sources"}
     if unknown:
-        raise DataError(f"{where}: unknown top-level key {sorted(unknown)[0]!r}")
+        raise DataError(f"{where}: unknown top-level key {sorted(unknown)[0]!r}", _CC_FIX)
     sources = data.get("sources", {})
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise DataError(f"{where}: [sources] must map each source key to a text", _CC_FIX)
+    rows = data.get("compute_capability")
+    if not rows:
+        raise DataError(f"{where}: no [[compute_capability]] rows", _CC_FIX)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(
+            f"{where}: 'compute_capability' must be a list of [[compute_capability]] tables",
+            _CC_FIX,
+        )
     seen: list[tuple[int, int]] = []
-    for row in data.get("compute_capability", []):
-        extra = set(row) - {"cc", "gpus", "source"}
-        if extra:
-            raise DataError(f"{where}: row {row} has unknown key {sorted(extra)[0]!r}")
+    for n, row in enumerate(rows, start=1):
+        at = f"{where} [[compute_capability]] row {n}"
+        for key in row:
+            if key not in _CC_KEYS:
+                raise DataError(f"{at}: unknown key {key!r}", _CC_FIX)
+        for key in _CC_KEYS:
+            if key not in row:
+                raise DataError(f"{at}: missing key {key!r}", _CC_FIX)
+            if not isinstance(row[key], str):
+                raise DataError(f"{at}: {key!r} must be a string, got {row[key]!r}", _CC_FIX)
         try:
-            cc = parse_cc(str(row["cc"]))
-            cited = str(row["source"]).split(",")
-        except (KeyError, ValueError) as exc:
-            raise DataError(f"{where} is malformed: {exc}") from None
-        for key in cited:
+            cc = parse_cc(row["cc"])
+        except ValueError as exc:
+            raise DataError(f"{at}: {exc}", _CC_FIX) from None
+        for key in row["source"].split(","):
             if key not in sources:
-                raise DataError(f"{where}: row {row} cites unknown source {key!r}")
+                raise DataError(f"{at} ({row['cc']}) cites unknown source {key!r}", _CC_FIX)
         if cc in seen:
-            raise DataError(f"{where}: compute capability {cc[0]}.{cc[1]} appears twice")
+            raise DataError(f"{at}: compute capability {row['cc']} appears twice", _CC_FIX)
         seen.append(cc)
-    if not seen:
-        raise DataError(f"{where}: no [[compute_capability]] rows")
     return tuple(sorted(seen))
 
 
