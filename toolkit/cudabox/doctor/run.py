@@ -230,7 +230,21 @@ class Doctor:
         for key, value in dict(result.get("versions") or {}).items():
             self.versions[str(key)] = None if value is None else str(value)
         for item in result.get("checks") or []:
-            self.add(Check.from_json(item))
+            try:
+                self.add(Check.from_json(item))
+            except CudaboxError as exc:
+                # The in-image script is ours: a malformed answer is its failure, not the user's.
+                self.add(
+                    check(
+                        "framework.run",
+                        "framework",
+                        "fail",
+                        f"the framework checks answered something malformed: {exc.message}",
+                        fix="run the image's checks by hand to see what they print "
+                        "(`cudabox run -- python -m cudabox.doctor.gpu_checks --json`)",
+                    )
+                )
+                break
         self.layer("performance")
         measurements = list(result.get("measurements") or [])
         if not measurements:

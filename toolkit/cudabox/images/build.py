@@ -23,7 +23,7 @@ from cudabox.images.record import read_record, record_entry, write_record
 from cudabox.images.targets import resolve_targets
 from cudabox.images.verify import require_verified, verify_image
 from cudabox.options import PackageSources
-from cudabox.output import print_json, progress, table
+from cudabox.output import check_writable, print_json, progress, table
 
 if TYPE_CHECKING:
     from cudabox.engine import Engine
@@ -172,6 +172,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     catalog = load_catalog()
     specs = resolve_targets(catalog, args.targets)
     options = _build_options(args)
+    if args.record:
+        # A record that cannot be written must fail now, not after an hour of builds.
+        check_writable(args.record, "verified record")
     previous = read_record(args.record) if args.record else {}
     rows = []
     with Engine.connect(read_timeout=BUILD_READ_TIMEOUT_S) as engine:
