@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from cudabox.images.catalog import load_catalog, parse_catalog
 from cudabox.compat import load_compat, parse_compat
 from cudabox.errors import DataError
+from cudabox.images.catalog import load_catalog, parse_catalog
 from cudabox.versions import CudaVersion, DriverVersion
 
 IMAGES = Path(__file__).parents[1] / "images"

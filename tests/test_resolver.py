@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cudabox.images.catalog import Catalog, load_catalog
 from cudabox.host import Gpu, HostProfile
+from cudabox.images.catalog import Catalog, load_catalog
 from cudabox.resolver import select
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"

@@ -8,8 +8,8 @@ from pathlib import Path
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from cudabox.images.catalog import load_catalog, rank_key
 from cudabox.host import Gpu, HostProfile
+from cudabox.images.catalog import load_catalog, rank_key
 from cudabox.resolver import Flavor, select
 
 CATALOG = load_catalog(Path(__file__).parents[1] / "images" / "catalog.toml")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cudabox.images.base import PACKAGES, mmdebstrap_command, package_list_path, suite_of
 from cudabox.errors import UsageError
+from cudabox.images.base import PACKAGES, mmdebstrap_command, package_list_path, suite_of
 
 
 @pytest.mark.parametrize(

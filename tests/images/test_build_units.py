@@ -15,10 +15,10 @@ from cudabox.images.catalog import load_catalog
 from cudabox.images.context import (
     LABELS_MARKER,
     BuildOptions,
-    source_date_epoch,
     assemble_context,
     build_args,
     dockerfile_with_labels,
+    source_date_epoch,
     wheel_pin,
 )
 from cudabox.images.targets import resolve_targets as parse_targets

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.errors import DataError
+from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.images.labels import (
     Reported,
     compare,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cudabox.images.catalog import load_catalog
 from cudabox.errors import DataError
+from cudabox.images.catalog import load_catalog
 from cudabox.images.lock import compile_args, header, lock_digest, parse_lock
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
