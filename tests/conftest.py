@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,11 @@ TEST_LABEL = "cudabox.test"
 
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[Any]:
-    """A Docker SDK client for the real engine; skips loudly without one (fails under CI)."""
+    """A Docker SDK client for the real engine; skips loudly without one (fails under CI).
+
+    At the end, a test container that is still there is a leftover: the session fails. Only
+    containers created during this session count (another session may be running its own).
+    """
     import docker
 
     try:
@@ -28,14 +33,38 @@ def docker_engine() -> Iterator[Any]:
             pytest.fail(message + " and CUDABOX_REQUIRE_DOCKER=1 forbids skipping")
         warnings.warn(message, stacklevel=1)
         pytest.skip(message)
+    started = time.time()
     yield client
-    leftovers = client.containers.list(all=True, filters={"label": TEST_LABEL})
+
+    def ours() -> list[Any]:
+        found = client.containers.list(all=True, filters={"label": TEST_LABEL})
+        return [c for c in found if _created(c) >= started]
+
+    deadline = time.monotonic() + 30
+    while ours() and time.monotonic() < deadline:  # auto-removal may be a moment behind
+        time.sleep(1)
+    leftovers = ours()
     for container in leftovers:
         container.remove(force=True)
     client.close()
     if leftovers:
         names = ", ".join(c.name for c in leftovers)
         pytest.fail(f"tests left containers behind: {names}")
+
+
+def _created(container: Any) -> float:
+    """When the engine created a container (seconds since the epoch)."""
+    import datetime as dt
+
+    created = container.attrs.get("Created", "")
+    if isinstance(created, int | float):  # the list answer gives seconds; inspect gives ISO text
+        return float(created)
+    text = str(created)
+    stamp = text.split(".")[0].rstrip("Z")
+    try:
+        return dt.datetime.fromisoformat(stamp).replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return time.time()
 
 
 @pytest.fixture(scope="session")

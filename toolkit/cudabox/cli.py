@@ -238,6 +238,13 @@ def _container_args(parser: argparse.ArgumentParser) -> None:
         help="container rlimits (-1: unlimited)",
     )
     parser.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="SRC:DST[:ro]",
+        help="another host folder in the container (a shared filesystem on a cluster)",
+    )
+    parser.add_argument(
         "--workspace",
         type=Path,
         default=None,

@@ -92,3 +92,9 @@ class Unlabelled(CudaboxError):
 
 class DiskFull(CudaboxError):
     exit_code = ExitCode.DISK_FULL
+
+
+class Interrupted(CudaboxError):
+    """Stopped by a signal (Ctrl-C, SIGTERM, a closed terminal) after cleaning up."""
+
+    exit_code = ExitCode.INTERRUPTED

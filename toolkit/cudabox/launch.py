@@ -81,6 +81,7 @@ class LaunchOptions:
     labels: Mapping[str, str] = field(default_factory=dict)
     ulimits: tuple[Ulimit, ...] = ()
     workspace: Path = Path("/nonexistent")
+    mounts: tuple[Mount, ...] = ()
     nproc_per_node: int = 1
     nnodes: int = 1
     rdzv: Rendezvous | None = None
@@ -126,6 +127,7 @@ class LaunchOptions:
             labels=parse_pairs(args.label, "--label"),
             ulimits=tuple(parse_ulimit(item) for item in args.ulimit),
             workspace=workspace_from(args.workspace),
+            mounts=tuple(parse_mount(item) for item in args.mount),
             nproc_per_node=nproc,
             nnodes=nnodes,
             rdzv=rdzv,
@@ -137,6 +139,25 @@ class LaunchOptions:
     @property
     def distributed(self) -> bool:
         return self.nproc_per_node > 1 or self.nnodes > 1
+
+
+def parse_mount(item: str) -> Mount:
+    """SRC:DST[:ro]: an existing host folder or file, at an absolute path in the container."""
+    parts = item.split(":")
+    read_only = len(parts) == 3 and parts[2] == "ro"
+    if len(parts) not in (2, 3) or (len(parts) == 3 and not read_only):
+        raise UsageError(
+            f"--mount {item!r} is not SRC:DST or SRC:DST:ro", "e.g. --mount /shared/data:/data:ro"
+        )
+    source, target = Path(parts[0]).expanduser(), parts[1]
+    if not source.exists():
+        raise UsageError(f"--mount {item!r}: {source} does not exist", "name an existing path")
+    if not target.startswith("/") or target in ("/", WORKDIR):
+        raise UsageError(
+            f"--mount {item!r}: the container path must be absolute and not / or {WORKDIR}",
+            "e.g. --mount /shared/runs:/shared/runs (use --workspace for /workspace)",
+        )
+    return Mount(str(source.resolve()), target, read_only)
 
 
 def workspace_from(named: Path | None) -> Path:
@@ -347,9 +368,28 @@ def container_ulimits(
     """The user's --ulimit values win; then the multi-process set; then Podman's caps."""
     chosen = {u.name: u for u in podman_ulimits(engine)}
     if options.distributed and (engine is None or not engine.is_podman):
-        chosen.update({u.name: u for u in MULTIPROCESS_ULIMITS})
+        chosen.update({u.name: capped(u) for u in MULTIPROCESS_ULIMITS})
     chosen.update({u.name: u for u in options.ulimits})
     return tuple(chosen.values())
+
+
+_RLIMITS = {"memlock": resource.RLIMIT_MEMLOCK, "stack": resource.RLIMIT_STACK}
+
+
+def capped(limit: Ulimit) -> Ulimit:
+    """`limit`, lowered to this host's hard limit: runc cannot raise a limit past it.
+
+    ("error setting rlimit type 8: operation not permitted" where the hard memlock limit is a
+    few MB, as on many VMs; the engine started from the same limits.)
+    """
+    which = _RLIMITS.get(limit.name)
+    if which is None:
+        return limit
+    hard = resource.getrlimit(which)[1]
+    if hard == resource.RLIM_INFINITY:
+        return limit
+    value = hard if limit.hard == -1 else min(limit.hard, hard)
+    return Ulimit(limit.name, value, value)
 
 
 def passed_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -385,7 +425,7 @@ def container_spec(
         command=tuple(command),
         name=f"cudabox-run-{run_id}",
         workdir=WORKDIR,
-        mounts=(Mount(str(options.workspace), WORKDIR), *extra_mounts),
+        mounts=(Mount(str(options.workspace), WORKDIR), *options.mounts, *extra_mounts),
         environment=environment,
         # Files written to the mounted directory belong to the caller, not to root.
         user=f"{os.getuid()}:{os.getgid()}",

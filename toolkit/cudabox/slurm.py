@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
 
-from cudabox.errors import CudaboxError, ExitCode, Unavailable, UsageError
+from cudabox.errors import CudaboxError, Interrupted, Unavailable, UsageError
 from cudabox.jobs.sbatch import ClusterFeatures
 from cudabox.output import progress
 
@@ -47,12 +47,6 @@ _UNREACHABLE = (
     "Zero Bytes were transmitted",
     "Unable to establish control machine address",
 )
-
-
-class Interrupted(CudaboxError):
-    """cudabox was interrupted (Ctrl-C, SIGTERM, SIGHUP) and cancelled the job."""
-
-    exit_code = ExitCode.INTERRUPTED
 
 
 class JobState(StrEnum):

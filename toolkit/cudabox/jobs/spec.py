@@ -91,7 +91,8 @@ def torchrun_argv(
             raise UsageError(
                 "`python` alone is not a program to launch", "name a script or -m MODULE"
             )
-        return [*launcher, *rest]
+        if rest[0] != "-c":  # torchrun takes a script or -m MODULE, not -c CODE
+            return [*launcher, *rest]
     return [*launcher, "--no-python", *words]
 
 
