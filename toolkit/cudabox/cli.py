@@ -276,6 +276,9 @@ def _container_args(parser: argparse.ArgumentParser) -> None:
     )
     sched.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes for the job")
     sched.add_argument(
+        "--name", default=None, help="the job's name (default: cudabox-FRAMEWORK-RANDOM)"
+    )
+    sched.add_argument(
         "--gpus-per-node", type=int, default=None, metavar="G", help="GPUs per node (cluster jobs)"
     )
     sched.add_argument(
@@ -294,12 +297,13 @@ def _container_args(parser: argparse.ArgumentParser) -> None:
     )
     sched.add_argument("--namespace", default=None, help="Kubernetes namespace")
     sched.add_argument(
-        "--node-host",
+        "--host",
         type=Path,
         action="append",
         default=[],
         metavar="FILE",
-        help="host profiles of the cluster's nodes (`cudabox probe --json`), to choose the image",
+        help="host profiles of the cluster's nodes (`cudabox probe --json` on each kind of "
+        "node), to choose the image that fits them all",
     )
 
 

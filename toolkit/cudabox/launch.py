@@ -538,6 +538,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             "no command to run", "put it after --, e.g. `cudabox run -- python train.py`"
         )
     options = LaunchOptions.from_args(args)
+    if args.scheduler != "none":
+        from cudabox.cluster import ClusterOptions, submit
+
+        cluster = ClusterOptions.from_args(args)
+        code = submit(options.framework, options, cluster, command, out_dir=None)
+        return ExitCode.OK if code is None else code
     choice = choose_image(options.framework, options.image, options.cpu, False, _probe(), options)
     code = launch(options, choice, command)
     return ExitCode.OK if code is None else code
@@ -596,6 +602,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             require_visible_gpu(framework, _probe(), here=True)
         return _train_here(module, options)
 
+    if args.scheduler != "none":
+        return _train_on_cluster(module, options, args)
     choice = choose_image(
         framework,
         options.launch.image,
@@ -612,6 +620,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     if code is None:
         return ExitCode.OK
     _summarise(options.out, choice.image.name, choice.why, code, options.json)
+    return code
+
+
+def _train_on_cluster(module: str, options: TrainOptions, args: argparse.Namespace) -> int:
+    """Slurm: the job writes to --out (a shared folder) and is followed; Kubernetes: submitted."""
+    from cudabox.cluster import POD_OUT, ClusterOptions, submit
+
+    cluster = ClusterOptions.from_args(args)
+    shared = cluster.scheduler == "slurm"
+    out = str(options.out) if shared else POD_OUT
+    program = ["python", "-m", module, "--out", out, *options.workload]
+    framework = options.launch.framework
+    code = submit(framework, options.launch, cluster, program, options.out if shared else None)
+    if code is None or not shared:
+        return ExitCode.OK if code is None else code
+    _summarise(options.out, f"{cluster.scheduler} job", "see above", code, options.json)
     return code
 
 
