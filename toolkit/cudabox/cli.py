@@ -461,7 +461,16 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cudabox", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="cudabox",
+        description="Reproducible, correct GPU deep-learning environments: probe the host, "
+        "choose the image that fits, build or pull it, run and train in it, validate the setup.",
+        epilog="Exit codes: 0 ok; 1 a check or the command failed; 2 usage; 3 no image fits; "
+        "4 could not run (no engine, GPU, registry or cluster); 5 build failed; 6 project data "
+        "invalid; 7 the engine refused; 8 registry credentials; 9 not in the registry; 10 no "
+        "linux/amd64 image; 11 content does not match its digest; 12 image without cudabox "
+        "labels; 13 disk full; 130 interrupted. `cudabox run` returns the command's own code.",
+    )
     parser.add_argument("--version", action="version", version=f"cudabox {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS:
