@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from cudabox.cdi import NVIDIA_KIND, CdiSpec
-from cudabox.errors import Unavailable
+from cudabox.errors import EngineError, Unavailable
 
 EngineKind = Literal["docker", "podman"]
 
@@ -61,6 +61,45 @@ def gpu_refusal(text: str) -> Unavailable | None:
             "upgrade the NVIDIA driver, or pick an image this driver runs with `cudabox select`",
         )
     return None
+
+
+# runc names the limit it could not set by its Linux RLIMIT_* number.
+_RLIMIT_REFUSED = re.compile(r"error setting rlimit type (\d+)")
+_RLIMIT_NAMES = (
+    "cpu",
+    "fsize",
+    "data",
+    "stack",
+    "core",
+    "rss",
+    "nproc",
+    "nofile",
+    "memlock",
+    "as",
+    "locks",
+    "sigpending",
+    "msgqueue",
+    "nice",
+    "rtprio",
+    "rttime",
+)
+
+
+def rlimit_refusal(text: str) -> EngineError | None:
+    """The engine's answer to a --ulimit it may not set (above its own hard limit, without
+    CAP_SYS_RESOURCE), naming the limit and how to ask for one it can grant."""
+    found = _RLIMIT_REFUSED.search(text)
+    if found is None:
+        return None
+    number = int(found[1])
+    name = _RLIMIT_NAMES[number] if number < len(_RLIMIT_NAMES) else f"number {number}"
+    return EngineError(
+        f"the engine may not set the container's {name} limit that was asked for (it is above "
+        f"the engine's own hard limit, and the engine cannot raise it): {text.strip()}",
+        f"ask for a {name} limit the engine can grant: --ulimit {name}=N:N with N at most the "
+        "engine's own hard limit (`ulimit -H -a` where it runs), which replaces cudabox's default; "
+        "or let the engine raise limits (CAP_SYS_RESOURCE, or a higher Limit* in its systemd unit)",
+    )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ fix. Import this module lazily (inside functions): the images carry cudabox but 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import re
@@ -25,6 +26,7 @@ from typing import Any
 import docker
 import docker.errors
 import docker.types
+import docker.utils
 import requests.exceptions
 
 from cudabox import cdi
@@ -38,8 +40,9 @@ from cudabox.container import (
     RunResult,
     TransferEvent,
     gpu_refusal,
+    rlimit_refusal,
 )
-from cudabox.errors import BuildError, CudaboxError, DiskFull, EngineError, Unavailable
+from cudabox.errors import BuildError, CudaboxError, DiskFull, EngineError, Unavailable, UsageError
 
 _STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _LAYER_RE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
@@ -52,6 +55,20 @@ DEFAULT_READ_TIMEOUT_S = 120.0
 HOOK = "nvidia-container-runtime-hook"  # Docker registers its "nvidia" GPU driver when this exists
 
 Progress = Callable[[str], None]
+
+ADDRESS_FIX = (
+    "set DOCKER_HOST to the engine's socket or address (unix:///var/run/docker.sock, "
+    "tcp://HOST:2375, ssh://USER@HOST), or unset it to use the local engine"
+)
+TLS_FIX = (
+    "put ca.pem, cert.pem and key.pem in DOCKER_CERT_PATH (default ~/.docker), or unset "
+    "DOCKER_TLS_VERIFY for an engine without TLS"
+)
+REFUSED_FIX = (
+    "the engine's own message above says what it refused; its log (`journalctl -u docker`, or "
+    "dockerd's output) may say more"
+)
+REFERENCE_FIX = "write it as NAME[:TAG] or NAME@sha256:DIGEST, in lowercase, e.g. cudabox/torch:1"
 
 
 def engine_address() -> str:
@@ -98,9 +115,15 @@ class Engine:
 
     @classmethod
     def connect(cls, read_timeout: float = DEFAULT_READ_TIMEOUT_S) -> Engine:
+        check_address(os.environ)
         try:
             client = docker.from_env(timeout=int(CONNECT_TIMEOUT_S))
             client.ping()
+        except docker.errors.TLSParameterError as exc:
+            raise Unavailable(
+                f"the engine's TLS settings are incomplete ({engine_address()}): {_short(exc)}",
+                TLS_FIX,
+            ) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise Unavailable(
                 f"no container engine answers ({engine_address()}): {_short(exc)}", START_FIX
@@ -438,6 +461,29 @@ class Engine:
             return [c.name for c in self.client.containers.list(all=True, filters={"label": label})]
 
 
+def check_address(env: Mapping[str, str]) -> None:
+    """A DOCKER_HOST the SDK cannot use is named as such, not as an engine that is down."""
+    host = env.get("DOCKER_HOST", "")
+    if not host:
+        return
+    try:
+        # ValueError: a port that is not a number (tcp://host:x), or out of range.
+        docker.utils.parse_host(host, False)
+    except (docker.errors.DockerException, ValueError) as exc:
+        raise Unavailable(
+            f"DOCKER_HOST={host} is not an engine address: {_short(exc)}", ADDRESS_FIX
+        ) from None
+    if host.startswith("npipe:"):
+        raise Unavailable(f"DOCKER_HOST={host} is a Windows named pipe", ADDRESS_FIX)
+    if host.startswith("ssh:") and importlib.util.find_spec("paramiko") is None:
+        raise Unavailable(
+            f"DOCKER_HOST={host} needs the paramiko package, which is not installed",
+            "pip install paramiko; or forward the engine's socket (`ssh -nNT -L "
+            "/tmp/docker.sock:/var/run/docker.sock USER@HOST &`) and set "
+            "DOCKER_HOST=unix:///tmp/docker.sock",
+        )
+
+
 def split_ref(ref: str) -> tuple[str, str]:
     """'python:3.11-slim' -> ('python', '3.11-slim'); 'r/x@sha256:..' -> ('r/x', 'sha256:..').
 
@@ -503,12 +549,21 @@ def _wrapped(action: str, building: bool = False) -> Iterator[None]:
                 f"could not {action}: the engine ran out of disk space ({text.strip()})",
                 "free disk space for the engine (`docker image prune`, remove images you no longer need)",
             ) from None
-        raise refused(f"could not {action}: {text.strip() or _short(exc)}") from None
-    except (
-        docker.errors.DockerException,
-        requests.exceptions.ConnectionError,
-        requests.exceptions.Timeout,
-    ) as exc:
+        if "invalid reference format" in text:
+            raise UsageError(
+                f"could not {action}: not a valid image reference ({text.strip()})", REFERENCE_FIX
+            ) from None
+        raise refused(
+            f"could not {action}: {text.strip() or _short(exc)}",
+            None if building else REFUSED_FIX,
+        ) from None
+    except docker.errors.DockerException as exc:
+        # The SDK refused the request itself (a value it cannot send); the engine never saw it.
+        raise refused(
+            f"could not {action}: {_short(exc)}", None if building else REFUSED_FIX
+        ) from None
+    except requests.exceptions.RequestException as exc:
+        # Also a connection that broke mid-answer (ChunkedEncodingError), not only a refused one.
         raise Unavailable(
             f"could not {action}: the engine stopped answering ({_short(exc)})", START_FIX
         ) from None
@@ -630,7 +685,7 @@ def _start(engine: Engine, spec: ContainerSpec) -> _Running:
         if container is not None:
             _force_remove(container)
         text = str(exc.explanation or exc)
-        refusal = gpu_refusal(text)
+        refusal = gpu_refusal(text) or rlimit_refusal(text)
         if refusal is not None:
             raise refusal from None
         if isinstance(exc, docker.errors.ImageNotFound):
@@ -638,10 +693,17 @@ def _start(engine: Engine, spec: ContainerSpec) -> _Running:
                 f"image {spec.image} is not in the engine", "build it first: `cudabox build NAME`"
             ) from None
         raise EngineError(
-            f"could not start a container from {spec.image}: {text.strip()}",
-            "the engine's own message above says what it refused",
+            f"could not start a container from {spec.image}: {text.strip()}", REFUSED_FIX
         ) from None
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+    except docker.errors.DockerException as exc:
+        # Refused by the SDK before anything was sent (a value it cannot encode): not an engine
+        # that is down.
+        if container is not None:
+            _force_remove(container)
+        raise EngineError(
+            f"could not start a container from {spec.image}: {_short(exc)}", REFUSED_FIX
+        ) from None
+    except requests.exceptions.RequestException as exc:
         if container is not None:
             _force_remove(container)
         raise Unavailable(f"could not start a container: {_short(exc)}", START_FIX) from None

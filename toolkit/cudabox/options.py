@@ -121,7 +121,7 @@ class PackageSources:
     ) -> PackageSources:
         """Flags, then CUDABOX_* variables, then (host_pip or CUDABOX_HOST_PIP=1) the host pip."""
         env = os.environ if env is None else env
-        use_host = host_pip or env.get(HOST_PIP_ENV) == "1"
+        use_host = host_pip or env_flag(env, HOST_PIP_ENV)
         host = (pip if pip is not None else read_pip_config()) if use_host else PipConfig()
         ca = ca_cert or env.get(CA_ENV) or (str(host.cert) if host.cert else None)
         if wheelhouses:
@@ -136,9 +136,18 @@ class PackageSources:
             wheelhouses=tuple(folder.resolve() for folder in folders),
         )
         if sources.ca_cert is not None and not sources.ca_cert.is_file():
+            what = "is a folder, not a file" if sources.ca_cert.is_dir() else "does not exist"
             raise UsageError(
-                f"CA bundle {sources.ca_cert} does not exist",
+                f"CA bundle {sources.ca_cert} {what}",
                 f"pass an existing PEM file with --ca-cert (or unset {CA_ENV})",
+            )
+        index = sources.index_url
+        # pip and uv also read a local folder laid out as an index.
+        url = index is not None and urlparse(index).scheme in ("http", "https", "file")
+        if index and not url and not Path(index).is_dir():
+            raise UsageError(
+                f"index {index!r} is neither an http(s):// or file:// URL nor a folder",
+                f"pass a URL such as https://pypi.org/simple with --index-url (or unset {INDEX_ENV})",
             )
         for folder in sources.wheelhouses:
             if not folder.is_dir():
@@ -149,10 +158,25 @@ class PackageSources:
         return sources
 
 
+def env_flag(env: Mapping[str, str], name: str) -> bool:
+    """A yes/no variable: 1/true/yes/on or 0/false/no/off (or empty); anything else is a mistake."""
+    text = env.get(name, "").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{name}={env[name]!r} is neither yes nor no", f"set {name}=1 or unset it")
+
+
 # ---- values a user types ------------------------------------------------------------------------
 
-# Docker's size syntax (go-units RAMInBytes): 4g, 512m, 1.5GB, 64MiB.
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?) ?([kKmMgGtTpP])?[iI]?[bB]?$")
+# Docker's size syntax (go-units RAMInBytes): 4g, 512m, 1.5GB, 64MiB; binary multiples.
+_SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?) ?([kKmMgGtTpP])?[iI]?[bB]?$")
+# The Docker SDK for Python parses fewer forms than the docker CLI (no "MiB", no t or p), and
+# refuses the rest on the client side; this is the form both read.
+_SDK_SIZE_RE = re.compile(r"^[0-9]+[bBkKmMgG]?[bB]?$")
+_UNITS = "bkmgtp"
+INT64_MAX = 2**63 - 1  # the engine reads sizes and rlimits as int64
 ULIMIT_NAMES = frozenset(
     [
         "core",
@@ -175,13 +199,20 @@ ULIMIT_NAMES = frozenset(
 
 
 def parse_size(text: str, flag: str) -> str:
-    """A size the engine accepts (`4g`, `512m`, `1GB`); a UsageError naming the flag otherwise."""
+    """A size the engine accepts (`4g`, `512m`, `1GB`); a UsageError naming the flag otherwise.
+
+    Written as typed when the Docker SDK reads it that way too, else as a number of bytes.
+    """
     match = _SIZE_RE.match(text.strip())
-    if not match or float(match[1]) <= 0:
+    size: float = 0
+    if match:
+        number = float(match[1]) if "." in match[1] else int(match[1])  # exact when whole
+        size = number * 1024 ** _UNITS.index((match[2] or "b").lower())
+    if not match or not 1 <= size <= INT64_MAX:  # also refuses inf, from 400 digits
         raise UsageError(
             f"{flag} {text!r} is not a size", f"write it like the engine does: {flag} 4g or 512m"
         )
-    return text.strip()
+    return text.strip() if _SDK_SIZE_RE.match(text.strip()) else str(int(size))
 
 
 def parse_ulimit(item: str) -> Ulimit:
@@ -191,7 +222,9 @@ def parse_ulimit(item: str) -> Ulimit:
     hard_text = hard_text or soft_text
 
     def number(text: str) -> int | None:
-        return int(text) if re.fullmatch(r"-1|\d+", text.strip()) else None
+        if not re.fullmatch(r"-1|[0-9]+", text.strip()) or int(text) > INT64_MAX:
+            return None
+        return int(text)
 
     soft, hard = number(soft_text), number(hard_text)
     if name not in ULIMIT_NAMES or soft is None or hard is None:
@@ -227,3 +260,11 @@ def current_directory() -> Path:
             "the current directory no longer exists (it was deleted after this shell entered it)",
             "cd into an existing folder and run the command again",
         ) from None
+
+
+def absolute(path: Path) -> Path:
+    """`path` resolved; one relative to a deleted working directory is a usage error.
+
+    Path.resolve() asks for the working directory, and raised FileNotFoundError there.
+    """
+    return (path if path.is_absolute() else current_directory() / path).resolve()
