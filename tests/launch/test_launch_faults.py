@@ -159,26 +159,13 @@ def test_the_filesystem_root_is_mounted_only_when_named(no_engine: dict[str, str
     assert "/:/workspace" in shlex.split(named.stdout)
 
 
-_RELATIVE_TO_DELETED = pytest.mark.xfail(
-    strict=True,
-    reason="launch.py resolves a relative --workspace/--out with Path.resolve(), which raises "
-    "FileNotFoundError in a deleted directory: use cudabox.options.absolute()",
-)
-
-
 @pytest.mark.parametrize(
     "args",
     [
         ("run", "--cpu", "--dry-run", "--", "true"),
         ("train", "torch", "--here", "--cpu", "--out", "x"),
-        pytest.param(
-            ("run", "--cpu", "--dry-run", "--workspace", "x", "--", "true"),
-            marks=_RELATIVE_TO_DELETED,
-        ),
-        pytest.param(
-            ("train", "torch", "--cpu", "--dry-run", "--workspace", "/tmp", "--out", "x"),
-            marks=_RELATIVE_TO_DELETED,
-        ),
+        ("run", "--cpu", "--dry-run", "--workspace", "x", "--", "true"),
+        ("train", "torch", "--cpu", "--dry-run", "--workspace", "/tmp", "--out", "x"),
     ],
     ids=["run", "train-here", "run-relative-workspace", "train-relative-out"],
 )
@@ -201,11 +188,6 @@ def test_a_deleted_working_directory_is_a_usage_error(
     assert_error(result, ExitCode.USAGE, "the current directory no longer exists", "cd into")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TrainOptions.from_args builds LaunchOptions, whose workspace_from() refuses / even "
-    "for --here, which mounts nothing",
-)
 def test_training_here_from_the_root_mounts_nothing_so_is_not_refused(tmp_path: Path) -> None:
     # The workload's --help: it starts and stops at once, no training.
     out = tmp_path / "run"
@@ -216,7 +198,6 @@ def test_training_here_from_the_root_mounts_nothing_so_is_not_refused(tmp_path: 
     assert "usage: python -m cudabox.workloads.torch_smoke" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="cmd_train ignores --dry-run with --here: the workload runs")
 def test_a_dry_run_here_prints_the_command_and_runs_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = cudabox(

@@ -498,7 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.rest = rest
     try:
         code = int(handler(args.handler)(args))
-        sys.stdout.flush()
+        if sys.stdout is not None:  # a closed stdout (`>&-`) leaves Python none
+            sys.stdout.flush()
         return code
     except CudaboxError as exc:
         print(exc.render(), file=sys.stderr)

@@ -31,7 +31,9 @@ class SelectOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SelectOptions:
-        from cudabox.options import REGISTRY_ENV
+        from cudabox.options import REGISTRY_ENV, registry_settings
+
+        registry_settings(getattr(args, "tag", "latest"), getattr(args, "registry_ca", None))
 
         return cls(
             framework=args.framework,

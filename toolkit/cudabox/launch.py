@@ -37,10 +37,12 @@ from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.jobs.spec import Rendezvous, torchrun_argv
 from cudabox.options import (
     REGISTRY_ENV,
+    absolute,
     current_directory,
     parse_pairs,
     parse_size,
     parse_ulimit,
+    registry_settings,
 )
 from cudabox.output import print_json, progress, table
 from cudabox.resolver import Flavor, select
@@ -90,7 +92,8 @@ class LaunchOptions:
     registry_ca: Path | None = None
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> LaunchOptions:
+    def from_args(cls, args: argparse.Namespace, here: bool = False) -> LaunchOptions:
+        """`here`: nothing is mounted (train --here), so no workspace is needed."""
         if args.cpu and args.gpus is not None:
             raise UsageError("--cpu and --gpus contradict each other", "drop one of them")
         if args.gpus is not None:
@@ -99,6 +102,17 @@ class LaunchOptions:
         if nproc < 1 or nnodes < 1:
             raise UsageError(
                 "--nproc-per-node and --nnodes must be at least 1", "e.g. --nproc-per-node 2"
+            )
+        if nproc > 1 and args.framework == "tensorflow":
+            raise UsageError(
+                "--nproc-per-node runs torchrun, which the TensorFlow images do not have; the TF "
+                "workload spreads over one node's GPUs in one process (MirroredStrategy)",
+                "drop --nproc-per-node for TensorFlow",
+            )
+        if nnodes == 1 and (args.rdzv_endpoint or args.rdzv_id):
+            raise UsageError(
+                "--rdzv-endpoint and --rdzv-id only matter with --nnodes above 1",
+                "drop them, or pass --nnodes N",
             )
         rdzv = None
         if nnodes > 1:
@@ -109,7 +123,7 @@ class LaunchOptions:
                     "script cudabox renders does this for you)",
                 )
             host, _, port = args.rdzv_endpoint.rpartition(":")
-            if not host or not port.isdigit():
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise UsageError(
                     f"--rdzv-endpoint {args.rdzv_endpoint!r} is not HOST:PORT",
                     "e.g. --rdzv-endpoint node1:29500",
@@ -126,13 +140,13 @@ class LaunchOptions:
             env=parse_pairs(args.env, "--env"),
             labels=parse_pairs(args.label, "--label"),
             ulimits=tuple(parse_ulimit(item) for item in args.ulimit),
-            workspace=workspace_from(args.workspace),
+            workspace=Path("/nonexistent") if here else workspace_from(args.workspace),
             mounts=tuple(parse_mount(item) for item in args.mount),
             nproc_per_node=nproc,
             nnodes=nnodes,
             rdzv=rdzv,
             registry=(args.registry or os.environ.get(REGISTRY_ENV) or "").rstrip("/") or None,
-            registry_tag=args.tag,
+            registry_tag=registry_settings(args.tag, args.registry_ca)[0],
             registry_ca=args.registry_ca,
         )
 
@@ -166,7 +180,7 @@ def workspace_from(named: Path | None) -> Path:
     The filesystem root is never mounted unless named: run from `/` by accident, the whole
     host would be writable inside the container.
     """
-    folder = (named or current_directory()).resolve()
+    folder = absolute(named) if named is not None else current_directory().resolve()
     if named is None and folder == Path("/"):
         raise UsageError(
             "the current directory is /, and mounting it at /workspace would expose the whole "
@@ -374,16 +388,31 @@ def container_ulimits(
 
 
 _RLIMITS = {"memlock": resource.RLIMIT_MEMLOCK, "stack": resource.RLIMIT_STACK}
+_CAP_SYS_RESOURCE = 24  # linux/capability.h
+
+
+def _may_raise_limits(status: Path = Path("/proc/self/status")) -> bool:
+    """False only when we are root and lack CAP_SYS_RESOURCE (then so does a local engine)."""
+    if os.geteuid() != 0:
+        return True  # the engine is another process, normally root with its capabilities
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
 
 
 def capped(limit: Ulimit) -> Ulimit:
-    """`limit`, lowered to this host's hard limit: runc cannot raise a limit past it.
+    """`limit`, lowered to this host's hard limit where the engine cannot raise limits past it.
 
-    ("error setting rlimit type 8: operation not permitted" where the hard memlock limit is a
-    few MB, as on many VMs; the engine started from the same limits.)
+    A root engine with CAP_SYS_RESOURCE can (the usual case: NCCL over RDMA wants unlimited
+    memlock). Where cudabox itself is root without that capability (sandboxes, some VMs), the
+    engine is too, and runc fails with "error setting rlimit type 8: operation not permitted".
     """
     which = _RLIMITS.get(limit.name)
-    if which is None:
+    if which is None or _may_raise_limits():
         return limit
     hard = resource.getrlimit(which)[1]
     if hard == resource.RLIM_INFINITY:
@@ -431,7 +460,7 @@ def container_spec(
         user=f"{os.getuid()}:{os.getgid()}",
         gpus=gpus,
         shm_size=options.shm_size,
-        labels={"cudabox.run": run_id, "cudabox.image": choice.image.name, **options.labels},
+        labels={**options.labels, "cudabox.run": run_id, "cudabox.image": choice.image.name},
         ulimits=ulimits,
         host_network=options.nnodes > 1,
     )
@@ -563,8 +592,8 @@ class TrainOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainOptions:
-        launch_options = LaunchOptions.from_args(args)
-        out = (args.out or current_directory() / "runs" / args.framework).resolve()
+        launch_options = LaunchOptions.from_args(args, here=args.here)
+        out = absolute(args.out) if args.out else current_directory() / "runs" / args.framework
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out} is a file, not a folder", "name a folder for the run")
         if not args.dry_run:
@@ -612,6 +641,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         _probe(),
         options.launch,
     )
+    if choice.image.framework != framework:
+        raise UsageError(
+            f"--image {options.launch.image} is a {choice.image.framework} image; the {framework} "
+            "workload cannot run in it",
+            f"name a {framework} image, or drop --image",
+        )
     command = ["python", "-m", module, "--out", OUT_DIR, *options.workload]
     # With --json, stdout carries only the summary; the workload's progress goes to stderr.
     code = launch(
@@ -655,6 +690,9 @@ def _train_here(module: str, options: TrainOptions) -> int:
         command = [sys.executable, "-m", "torch.distributed.run", *command[1:]]
     else:
         command[0] = sys.executable
+    if options.launch.dry_run:
+        print(shlex.join(command))
+        return ExitCode.OK
     progress(f"cudabox: training here: {shlex.join(command)}")
     process = subprocess.Popen(command, stdout=sys.stderr if options.json else None)
 

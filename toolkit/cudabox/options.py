@@ -251,6 +251,23 @@ def parse_pairs(items: Sequence[str], flag: str) -> dict[str, str]:
     return result
 
 
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def registry_settings(tag: str, ca: Path | None) -> tuple[str, Path | None]:
+    """--tag and --registry-ca, checked before any registry is asked."""
+    if not _TAG_RE.fullmatch(tag):
+        raise UsageError(
+            f"--tag {tag!r} is not an image tag",
+            "use letters, digits, '_', '.' and '-' (at most 128), e.g. --tag latest",
+        )
+    if ca is not None and not ca.is_file():
+        raise UsageError(
+            f"--registry-ca {ca} is not a file", "pass the PEM file of the registry's CA"
+        )
+    return tag, ca
+
+
 def current_directory() -> Path:
     """The working directory; a deleted one is a usage error, not a traceback."""
     try:

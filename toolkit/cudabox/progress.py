@@ -10,6 +10,7 @@ from typing import TextIO
 from cudabox.container import TransferEvent
 
 _DONE = ("Pull complete", "Already exists", "Pushed", "Layer already exists", "Mounted from")
+_ABOUT_THE_IMAGE = ("Pulling from ",)
 
 
 @dataclass
@@ -34,10 +35,14 @@ class TransferProgress:
         return self.stream.isatty()
 
     def __call__(self, event: TransferEvent) -> None:
-        if event.layer is None:
+        # "Pulling from REPO" carries the tag or digest as its id: about the image, not a layer.
+        if event.layer is None or event.status.startswith(_ABOUT_THE_IMAGE):
             return
         state = self.layers.setdefault(event.layer, LayerState())
-        finished_before = state.status.startswith(_DONE)
+        if state.status.startswith(_DONE):
+            # One bar may follow two pushes of the same image (two tags): the second one's
+            # "Layer already exists" must not hide that the first one uploaded the layer.
+            return
         state.status = event.status
         if event.total:
             state.total = event.total
@@ -45,7 +50,7 @@ class TransferProgress:
             state.current = event.current
         if event.status.startswith(_DONE):
             state.current = state.total or state.current
-            if not self.is_terminal and not finished_before:
+            if not self.is_terminal:
                 self.stream.write(f"{self.what}: {event.layer}: {event.status}\n")
                 self.stream.flush()
         if self.is_terminal:
@@ -79,6 +84,13 @@ class TransferProgress:
             f"{self.done_layers}/{len(self.layers)} layers"
         )
         self.stream.flush()
+
+    def abort(self) -> None:
+        """End the bar's line after a failed transfer (the error message follows)."""
+        if self.is_terminal and self.layers:
+            self._draw(force=True)
+            self.stream.write("\n")
+            self.stream.flush()
 
     def finish(self) -> None:
         seconds = time.monotonic() - self.started

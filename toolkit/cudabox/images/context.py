@@ -8,6 +8,7 @@ only; and root/: cudabox's own source and the catalog, which the image's last la
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -125,9 +126,11 @@ def source_date_epoch(env: Mapping[str, str] | None = None) -> int:
     text = (os.environ if env is None else env).get("SOURCE_DATE_EPOCH", "").strip()
     if not text:
         return DEFAULT_EPOCH
-    if not text.isdigit():
+    # ASCII digits only (isdigit() takes "²"), and no later than the year 9999.
+    if not re.fullmatch(r"[0-9]+", text) or int(text) > 253402300799:
         raise UsageError(
-            f"SOURCE_DATE_EPOCH={text!r} is not a number of seconds", "unset it, or give seconds"
+            f"SOURCE_DATE_EPOCH={text!r} is not a number of seconds since 1970",
+            "unset it, or give seconds, e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)",
         )
     return int(text)
 

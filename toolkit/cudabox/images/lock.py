@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,7 +106,9 @@ def lock_digest(path: Path) -> str:
 
 
 def find_uv() -> str:
-    uv = shutil.which("uv")
+    # The uv of this Python's environment first (a venv that is not on PATH), then PATH's.
+    beside = Path(sys.executable).with_name("uv")
+    uv = str(beside) if beside.is_file() else shutil.which("uv")
     if uv is None:
         raise Unavailable(
             "uv is not installed (cudabox lock runs `uv pip compile`)", "pip install uv"

@@ -22,27 +22,29 @@ from typing import TYPE_CHECKING
 from cudabox.errors import ExitCode, IntegrityError, NoImageFits, NotFound, UsageError
 from cudabox.host import HostProfile
 from cudabox.images.catalog import Catalog, ImageSpec, load_catalog
-from cudabox.images.labels import spec_from_labels
+from cudabox.images.labels import PREFIX, provenance_labels, spec_from_labels
 from cudabox.images.lock import lock_digest
-from cudabox.images.remote import image_reference, remote_candidates
+from cudabox.images.remote import RemoteCandidates, Skipped, image_reference, remote_candidates
 from cudabox.images.targets import resolve_targets
-from cudabox.options import REGISTRY_ENV, PackageSources
+from cudabox.options import REGISTRY_ENV, PackageSources, registry_settings
 from cudabox.output import print_json, progress, table
 from cudabox.progress import TransferProgress
 from cudabox.registry import Reference, RegistryClient
 from cudabox.resolver import Flavor, select
 
 if TYPE_CHECKING:
+    from cudabox.container import ImageInfo
     from cudabox.engine import Engine
 
 
 def registry_from(value: str | None) -> str:
-    """--registry, else $CUDABOX_REGISTRY; a command that needs one and has none is a usage error."""
+    """--registry, else $CUDABOX_REGISTRY; a command that needs one but has none: a usage error."""
     repo = value or os.environ.get(REGISTRY_ENV)
     if not repo:
         raise UsageError(
             "no registry named",
-            f"pass --registry REPO (e.g. ghcr.io/ORG/cudabox or 127.0.0.1:5000/cudabox) or set {REGISTRY_ENV}",
+            "pass --registry REPO (e.g. ghcr.io/ORG/cudabox or 127.0.0.1:5000/cudabox) "
+            f"or set {REGISTRY_ENV}",
         )
     image_reference(repo, "x")  # validates the prefix
     return repo.rstrip("/")
@@ -70,11 +72,11 @@ def registry_catalog(
     """The registry's images of `framework` (every framework when None), judged from labels."""
     frameworks = [framework] if framework else sorted({i.framework for i in catalog.images})
     found: list[ImageSpec] = []
+    skipped_all: list[Skipped] = []
     with RegistryClient(ca_bundle=ca) as client:
         for name in frameworks:
             candidates = remote_candidates(repo, catalog, name, tag=tag, client=client)
-            for skipped in candidates.skipped:
-                progress(f"cudabox: {skipped.reference}: skipped: {skipped.reason}")
+            skipped_all += candidates.skipped
             found += [c.spec for c in candidates.found]
             stale = [
                 c.spec.name
@@ -85,10 +87,11 @@ def registry_catalog(
             for name_ in stale:
                 progress(f"cudabox: warning: {repo}/{name_}:{tag} was built from another lock")
     if not found:
-        raise NotFound(
-            f"{repo} holds no cudabox image under tag {tag!r}",
-            f"publish some: `cudabox publish TARGET --registry {repo}`",
-        )
+        # Says why: nothing published (9), no login (8), only unlabelled images (12), other
+        # platforms only (10). The skip lines would repeat it.
+        RemoteCandidates(repo, tag, (), tuple(skipped_all)).require_any()
+    for skipped in skipped_all:
+        progress(f"cudabox: {skipped.reference}: skipped: {skipped.reason}")
     return Catalog(images=tuple(found), root=catalog.root)
 
 
@@ -109,7 +112,7 @@ def choose_remote(
     return selection.selected
 
 
-# ---- pulling ---------------------------------------------------------------------------------------
+# ---- pulling -----------------------------------------------------------------------------------
 
 
 def pull_judged(engine: Engine, judged: ImageSpec) -> None:
@@ -121,7 +124,11 @@ def pull_judged(engine: Engine, judged: ImageSpec) -> None:
     info = engine.image(ref)
     if info is None:
         bar = TransferProgress(f"pull {ref}")
-        engine.pull(ref, events=bar)
+        try:
+            engine.pull(ref, events=bar)
+        except BaseException:
+            bar.abort()
+            raise
         bar.finish()
         info = engine.image(ref)
         if info is None:
@@ -141,7 +148,7 @@ def pull_judged(engine: Engine, judged: ImageSpec) -> None:
         )
 
 
-# ---- publishing ------------------------------------------------------------------------------------
+# ---- publishing --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,7 @@ class PublishOptions:
         return cls(
             targets=tuple(args.targets),
             registry=registry_from(args.registry),
-            registry_ca=args.registry_ca,
+            registry_ca=registry_settings(args.tag, args.registry_ca)[1],
             sources=PackageSources.resolve(
                 ca_cert=args.ca_cert,
                 index_url=args.index_url,
@@ -191,7 +198,10 @@ def publish_image(
     from cudabox.images.build import build_and_verify
     from cudabox.images.verify import require_verified, verify_image
 
-    if engine.image(spec.tag) is None:
+    present = engine.image(spec.tag)
+    why = "it is not built" if present is None else stale_reason(spec, present, images_dir)
+    if why is not None:
+        progress(f"publish {spec.name}: building {spec.tag} first: {why}")
         build_and_verify(engine, spec, sources)
     else:
         # The proof of contents runs on what is about to be published, not on a memory of it.
@@ -225,6 +235,37 @@ def publish_image(
         layers_uploaded=bar.count("Pushed"),
         immutable_existed=existed,
     )
+
+
+def framework_env(spec: ImageSpec) -> str:
+    """The variable naming the framework's version (NGC's convention; enroot's hooks read it)."""
+    return "PYTORCH_VERSION" if spec.framework == "torch" else "TENSORFLOW_VERSION"
+
+
+def stale_reason(spec: ImageSpec, info: ImageInfo, images_dir: Path) -> str | None:
+    """Why the engine's copy of `spec` is not what this checkout would publish, or None.
+
+    Another lock means other packages; missing provenance labels or version variable mean an
+    older cudabox built it. Either way the registry would get an image the catalog does not
+    describe, so publish rebuilds it first (what `cudabox build` would do).
+    """
+    built = info.labels.get(f"{PREFIX}lock_sha256", "")
+    if spec.lock.is_file():
+        current = lock_digest(spec.lock)
+        if built != current:
+            return (
+                f"it was built from another lock ({built[:12] or 'none'}; "
+                f"{spec.lock.name} is {current[:12]})"
+            )
+    # The keys this checkout would label it with (values differ per build: created, revision).
+    wanted = provenance_labels("", "", images_dir.parent)
+    missing = sorted(key for key in wanted if key not in info.labels)
+    if missing:
+        return f"it lacks the label {missing[0]} (built by an older cudabox)"
+    variable = framework_env(spec)
+    if info.env.get(variable) != spec.framework_version:
+        return f"its environment lacks {variable}={spec.framework_version} (an older cudabox)"
+    return None
 
 
 def _has(client: RegistryClient, ref: Reference, diff_ids: Sequence[str]) -> bool:
@@ -295,7 +336,7 @@ class PullOptions:
             framework=args.framework,
             flavor=args.flavor,
             registry=registry_from(args.registry),
-            tag=args.tag,
+            tag=registry_settings(args.tag, args.registry_ca)[0],
             registry_ca=args.registry_ca,
             json=bool(args.json),
         )
@@ -309,10 +350,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
     options = PullOptions.from_args(args)
     catalog = load_catalog()
     if options.targets:
+        named = Catalog(images=tuple(resolve_targets(catalog, options.targets)), root=catalog.root)
         remote = registry_catalog(
-            catalog, options.registry, options.tag, options.registry_ca, framework=None
+            named, options.registry, options.tag, options.registry_ca, framework=None
         )
-        wanted = {s.name for s in resolve_targets(catalog, options.targets)}
+        wanted = {s.name for s in named.images}
         chosen = [s for s in remote.images if s.name in wanted]
         missing = sorted(wanted - {s.name for s in chosen})
         if missing:

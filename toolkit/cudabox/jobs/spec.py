@@ -91,7 +91,9 @@ def torchrun_argv(
             raise UsageError(
                 "`python` alone is not a program to launch", "name a script or -m MODULE"
             )
-        if rest[0] != "-c":  # torchrun takes a script or -m MODULE, not -c CODE
+        # torchrun takes a script or -m MODULE; interpreter options (-c, -u, ...) need the
+        # interpreter itself.
+        if rest[0] == "-m" or not rest[0].startswith("-"):
             return [*launcher, *rest]
     return [*launcher, "--no-python", *words]
 
