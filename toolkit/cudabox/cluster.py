@@ -80,7 +80,7 @@ def choose_cluster_image(
         from cudabox.launch import image_from_reference, is_reference
 
         if is_reference(launch.image):
-            return image_from_reference(launch.image), "named with --image"
+            return image_from_reference(launch.image, launch.registry_ca), "named with --image"
         return catalog.get(launch.image), "named with --image"
     if cluster.hosts:
         hosts = [HostProfile.load(path) for path in cluster.hosts]

@@ -42,11 +42,20 @@ from cudabox.container import (
     gpu_refusal,
     rlimit_refusal,
 )
-from cudabox.errors import BuildError, CudaboxError, DiskFull, EngineError, Unavailable, UsageError
+from cudabox.errors import (
+    BuildError,
+    CudaboxError,
+    DiskFull,
+    EngineError,
+    NotFound,
+    Unavailable,
+    UsageError,
+)
 
 _STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _LAYER_RE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 _NO_SPACE = re.compile(r"no space left on device", re.IGNORECASE)
+_NOT_IN_REGISTRY = re.compile(r"manifest unknown|not found|does not exist", re.IGNORECASE)
 
 # An engine that accepts the connection and never answers must not hang cudabox: the first
 # answer (version negotiation, ping) has this long; later calls get the caller's read timeout.
@@ -233,12 +242,21 @@ class Engine:
     ) -> None:
         """Pull `ref` (a tag or REPO@sha256:...): `progress` gets messages, `events` per-layer state."""
         repository, tag = split_ref(ref)
-        self._transfer(
-            f"pull {ref}",
-            self.client.api.pull(repository, tag=tag, stream=True, decode=True),
-            progress,
-            events,
-        )
+        try:
+            self._transfer(
+                f"pull {ref}",
+                self.client.api.pull(repository, tag=tag, stream=True, decode=True),
+                progress,
+                events,
+            )
+        except EngineError as exc:
+            if _NOT_IN_REGISTRY.search(exc.message):
+                raise NotFound(
+                    f"the registry has no {ref} ({exc.message})",
+                    "check the name and tag or digest; a digest pruned from the registry is gone: "
+                    "choose again (`cudabox select --registry REPO`)",
+                ) from None
+            raise
 
     def push(
         self,

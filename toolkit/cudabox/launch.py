@@ -207,7 +207,8 @@ def choose_image(
     catalog = load_catalog()
     if image != "auto":
         if is_reference(image):
-            return Choice(image_from_reference(image), "named with --image", profile)
+            ca = registry.registry_ca if registry is not None else None
+            return Choice(image_from_reference(image, ca), "named with --image", profile)
         return Choice(catalog.get(image), "named with --image", profile)
     if require_gpu:
         require_visible_gpu(framework, profile, here=False)
@@ -235,22 +236,31 @@ def is_reference(image: str) -> bool:
     return "/" in image or "@" in image or ":" in image
 
 
-def image_from_reference(ref: str) -> ImageSpec:
+def image_from_reference(ref: str, ca: Path | None = None) -> ImageSpec:
     """The facts of an image named by reference: from the engine's copy, else from its registry.
 
-    Nothing is pulled here; the launch pulls exactly this reference when it is missing.
+    Nothing is pulled here; the launch pulls exactly this reference when it is missing. An image
+    without cudabox labels cannot be judged (Unlabelled), wherever it is.
     """
     from cudabox.engine import Engine
+    from cudabox.errors import DataError, Unlabelled
     from cudabox.images.labels import spec_from_labels
 
     with Engine.connect(read_timeout=60) as engine:
         info = engine.image(ref)
     if info is not None:
-        return spec_from_labels(dict(info.labels), ref)
+        try:
+            return spec_from_labels(dict(info.labels), ref)
+        except DataError as exc:
+            raise Unlabelled(
+                exc.message,
+                "run images built by cudabox (`cudabox build`), or pulled from a `cudabox "
+                "publish`ed registry",
+            ) from None
     from cudabox.images.remote import spec_of
     from cudabox.registry import RegistryClient
 
-    with RegistryClient() as client:
+    with RegistryClient(ca_bundle=ca) as client:
         remote = client.image(ref)
     # Pinned to the digest that was read: a tag may move before the pull.
     return spec_of(remote, str(remote.pinned))

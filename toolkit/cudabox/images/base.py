@@ -137,8 +137,9 @@ def bootstrap(
         progress(f"base {image}: docker import")
         changes = [
             *IMPORT_CHANGES,
+            # What it stands in for; not base.name, which would claim it was built from it.
             f'LABEL cudabox.base="mmdebstrap {suite} {" ".join(PACKAGES)}" '
-            f'org.opencontainers.image.base.name="{official}"',
+            f'cudabox.stands_in_for="{official}"',
         ]
         engine.import_tarball(tarball, image, changes)
     result = engine.run(

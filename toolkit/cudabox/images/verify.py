@@ -165,9 +165,14 @@ def verify_image(
 
 
 def require_verified(result: VerifyResult) -> None:
-    if not result.ok:
-        raise BuildError(
-            f"{result.name}: the image {result.tag} does not hold what the catalog says:\n  "
-            + "\n  ".join(result.problems),
-            "what the image reports beats the table: correct images/catalog.toml (or the lock), then rebuild",
-        )
+    if result.ok:
+        return
+    stale = all("lock_sha256" in problem for problem in result.problems)
+    raise BuildError(
+        f"{result.name}: the image {result.tag} does not hold what the catalog says:\n  "
+        + "\n  ".join(result.problems),
+        f"it was built from another lock: rebuild it (`cudabox build {result.name}`)"
+        if stale
+        else "what the image reports beats the table: correct images/catalog.toml (or the "
+        "lock), then rebuild",
+    )
