@@ -52,6 +52,11 @@ def test_default_run_learns_and_writes_metrics(workload: Workload, tmp_path: Pat
     assert 0 < metrics["import_s"] < metrics["time_to_first_step_s"] < metrics["total_s"]
     assert metrics["peak_memory_bytes"] > 0
     assert len(metrics["weights_sha256"]) == 64
+    # One process, small sizing: the same run as before distribution and device sizing existed.
+    assert metrics["world_size"] == 1 and metrics["sizing"] == "small"
+    assert metrics["samples_per_s_global"] == metrics["samples_per_s"]
+    assert metrics["samples_per_s_per_rank"] == [metrics["samples_per_s"]]
+    assert (metrics["config"]["width"], metrics["config"]["batch_size"]) == (256, 256)
 
 
 def test_zero_learning_rate_fails_with_exit_1(workload: Workload, tmp_path: Path) -> None:
@@ -118,6 +123,38 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint(
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert resumed.metrics["start_step"] == metrics["steps"]  # the checkpoint written on SIGTERM
     assert resumed.metrics["weights_sha256"] == reference.metrics["weights_sha256"]
+
+
+def test_ctrl_c_at_a_terminal_stops_cleanly(workload: Workload, tmp_path: Path) -> None:
+    # SIGINT to the whole process group, as a terminal sends it: torch's DataLoader workers get
+    # it too and must leave the stop to the training process.
+    stopped = workload.run_until(tmp_path, 20, signal.SIGINT, *FAST, group=True)
+
+    assert stopped.returncode == 130, stopped.stdout + stopped.stderr
+    assert no_traceback(stopped)
+    assert stopped.metrics["status"] == "interrupted"
+
+
+def test_tensorflow_refuses_to_be_one_of_several_processes(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    torchrun_rank = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+
+    run = Workload("tensorflow").run(tmp_path, "--steps", "5", env=torchrun_rank)
+
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "one process per node (MirroredStrategy" in run.stderr
+    assert "cudabox train torch --nproc-per-node" in run.stderr
+    assert no_traceback(run)
+
+
+def test_threads_option_is_taken(workload: Workload, tmp_path: Path) -> None:
+    # TensorFlow takes it only before its runtime starts: a strategy created first refused it.
+    run = workload.run(
+        tmp_path, "--steps", "5", "--threads", "1", "--max-loss", "10", "--min-accuracy", "0"
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.metrics["config"]["threads"] == 1
 
 
 def test_sigint_exits_130(workload: Workload, tmp_path: Path) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,33 +61,114 @@ class Run:
         return data
 
 
+# A torch run small enough for several processes on two shared cores, that still learns: the
+# ranks' share of every 256-sample batch, a checkpoint every 25 steps, one math thread per rank
+# (the same for every launcher, so that weights compare bitwise).
+DIST = [
+    "--steps",
+    "100",
+    "--width",
+    "128",
+    "--depth",
+    "2",
+    "--checkpoint-every",
+    "25",
+    "--log-every",
+    "5",
+    "--workers",
+    "1",
+    "--threads",
+    "1",
+]
+
+
+def torchrun(nproc: int, rdzv: str | None = None, nnodes: int = 1) -> list[str]:
+    """The launcher as users type it: standalone on one node, else c10d rendezvous at `rdzv`."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if rdzv is None:
+        return [*launcher, "--standalone"]
+    return [
+        *launcher,
+        f"--nnodes={nnodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={rdzv}",
+        "--rdzv-id=cudabox-test",
+        "--max-restarts=0",
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts its ranks in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a process and everything it started: a node lost with its ranks."""
+    for pid in [*descendants(proc.pid), proc.pid]:
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
 @dataclass
 class Workload:
     framework: str
+    launcher: Sequence[str] = ()  # e.g. torchrun(2); empty: the module in this Python
 
     def command(self, args: Sequence[str]) -> list[str]:
+        if self.launcher:
+            return [*self.launcher, "-m", MODULES[self.framework], *args]
         return [sys.executable, "-m", MODULES[self.framework], *args]
 
-    def run(self, out: Path, *args: str, timeout: float = 120) -> Run:
-        proc = subprocess.run(
-            self.command(["--out", str(out), *args]),
-            capture_output=True,
-            text=True,
-            env=subprocess_env(),
-            timeout=timeout,
-            check=False,
-        )
-        return Run(proc.returncode, proc.stdout, proc.stderr, out)
-
-    def run_until(self, out: Path, step: int, signum: int, *args: str) -> Run:
-        """Start a run, send `signum` once its progress line for `step` appears, wait for it."""
-        proc = subprocess.Popen(
+    def start(
+        self, out: Path, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        return subprocess.Popen(
             self.command(["--out", str(out), *args]),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=subprocess_env(),
+            env={**subprocess_env(), **(env or {})},
+            start_new_session=True,  # its own process group, as a job in a terminal
         )
+
+    def run(
+        self, out: Path, *args: str, timeout: float = 120, env: Mapping[str, str] | None = None
+    ) -> Run:
+        proc = self.start(out, *args, env=env)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                kill_tree(proc)
+        return Run(proc.returncode, stdout, stderr, out)
+
+    def run_until(self, out: Path, step: int, signum: int, *args: str, group: bool = False) -> Run:
+        """Start a run, send `signum` once its progress line for `step` appears, wait for it.
+
+        group: signal the process group, as Ctrl-C at a terminal does. SIGKILL always takes the
+        whole tree (torchrun's ranks too), as a lost node would.
+        """
+        proc = self.start(out, *args)
         seen: list[str] = []
         try:
             assert proc.stderr is not None
@@ -92,15 +176,19 @@ class Workload:
                 seen.append(line)
                 match = STEP_LINE.match(line)
                 if match and int(match.group(1)) >= step:
-                    proc.send_signal(signum)
+                    if signum == signal.SIGKILL:
+                        kill_tree(proc)
+                    elif group:
+                        os.killpg(proc.pid, signum)
+                    else:
+                        proc.send_signal(signum)
                     break
             else:
                 pytest.fail(f"the run ended before step {step}:\n{''.join(seen)}")
             stdout, stderr = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                kill_tree(proc)
         return Run(proc.returncode, stdout, "".join(seen) + stderr, out)
 
 

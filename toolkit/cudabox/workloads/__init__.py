@@ -5,6 +5,8 @@ workload module when that workload runs (and its import time is part of the metr
 
     python -m cudabox.workloads.torch_smoke --help
     python -m cudabox.workloads.tf_smoke --help
+    python -m torch.distributed.run --standalone --nproc-per-node 2 \
+        -m cudabox.workloads.torch_smoke --out runs/torch
 """
 
 from __future__ import annotations

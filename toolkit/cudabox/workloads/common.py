@@ -1,4 +1,5 @@
-"""What both smoke workloads share: options, signals, atomic files, progress, metrics, verdict.
+"""What both smoke workloads share: options, sizing, ranks, signals, files, the loop's bookkeeping,
+the metrics and the verdict.
 
 Standard library only: the framework is imported by the workload module itself, so that its
 import time can be measured and so that this module loads in the toolkit's own environment.
@@ -15,12 +16,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from cudabox.errors import CudaboxError, UsageError
 
@@ -31,7 +32,9 @@ STARTED_UNIX = time.time()
 
 Framework = Literal["torch", "tensorflow"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+DeviceKind = Literal["cpu", "cuda"]
 PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16"]
 
 EXIT_PASSED = 0
 EXIT_NOT_LEARNED = 1
@@ -40,11 +43,15 @@ METRICS_SCHEMA = 1
 
 @dataclass(frozen=True)
 class Config:
-    """The options of one run. Fields marked in TRAJECTORY decide the weights a run ends with."""
+    """The options of one run. Fields named in TRAJECTORY decide the weights a run ends with.
+
+    width, depth, batch_size and lr hold the small sizing until `sized` resolves them for the
+    device the run got; `explicit` names those the command line set (they win over any sizing).
+    """
 
     framework: Framework
     steps: int
-    batch_size: int
+    batch_size: int  # the global batch: samples per step over all ranks together
     lr: float
     seed: int
     width: int
@@ -62,11 +69,15 @@ class Config:
     quiet: bool
     max_loss: float
     min_accuracy: float
+    explicit: frozenset[str] = frozenset()
+    sizing: str = "small"
+    train_size: int = 16384
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["out"] = str(self.out)
         data["metrics"] = str(self.metrics)
+        data["explicit"] = sorted(self.explicit)
         return data
 
     def trajectory(self) -> dict[str, Any]:
@@ -74,25 +85,134 @@ class Config:
         return {key: getattr(self, key) for key in TRAJECTORY}
 
 
-TRAJECTORY = ("framework", "steps", "batch_size", "lr", "seed", "width", "depth")
+TRAJECTORY = ("framework", "steps", "batch_size", "lr", "seed", "width", "depth", "train_size")
+
+
+# --- sizing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """Default model, batch and rate for a kind of device; explicit options win.
+
+    small (CPUs, GPUs without tensor cores): a correctness check that CI repeats many times, and
+    whose global batch stays the same at any world size, so every world size trains on the same
+    data. large (GPUs with tensor cores): also a speed check, so each GPU gets a batch big enough
+    that its matmuls, not kernel launches, set the pace, and the global batch grows with the
+    number of GPUs. A GPU without tensor cores would need minutes for the large run (a GTX 1080
+    runs fp16 at 1/64 of its fp32 rate), so it keeps the small one.
+    """
+
+    name: Literal["small", "large"]
+    width: int
+    depth: int
+    batch_size: int
+    per_replica: bool  # batch_size is per GPU (times the world size), else global
+    lr: float
+
+    def batch_for(self, replicas: int) -> int:
+        return self.batch_size * replicas if self.per_replica else self.batch_size
+
+
+SIZINGS: dict[str, Sizing] = {
+    "small": Sizing("small", width=256, depth=4, batch_size=256, per_replica=False, lr=3e-3),
+    # Per GPU: 16384 x 2048 x 4096 matmuls (0.27 TFLOP each), 6.6 TFLOP a step, ~10 ms on an
+    # H100 against ~1-2 ms of kernel launches. The peak learning rate shrinks with the width
+    # (3e-3 * 256 / 2048, as muP scales Adam's rate for hidden layers): at 3e-3 a model this wide
+    # overshoots in its first steps.
+    "large": Sizing("large", width=2048, depth=4, batch_size=16384, per_replica=True, lr=4e-4),
+}
+SIZED = ("width", "depth", "batch_size", "lr")
+
+
+def train_size_for(batch_size: int) -> int:
+    """Training-set size: 64 batches per epoch (the CPU default's 16384 / 256), so that a run sees
+    each sample about 5 times at any batch size and a wide model has data enough not to memorise.
+    Capped at 2**23 samples (1 GiB of float32 features in each process)."""
+    return min(max(TRAIN_SIZE, 64 * batch_size), MAX_TRAIN_SIZE)
+
+
+def sizing_for(kind: DeviceKind, capability: tuple[int, int]) -> Sizing:
+    """large on GPUs with tensor cores (compute capability 7.0+), small everywhere else."""
+    return SIZINGS["large" if kind == "cuda" and capability >= (7, 0) else "small"]
+
+
+def sized(config: Config, sizing: Sizing, replicas: int) -> Config:
+    """The config with `sizing` filled in where the command line left it open."""
+
+    def pick(key: str, default: int) -> int:
+        return int(getattr(config, key)) if key in config.explicit else default
+
+    width, depth = pick("width", sizing.width), pick("depth", sizing.depth)
+    batch = pick("batch_size", sizing.batch_for(replicas))
+    lr = config.lr if "lr" in config.explicit else sizing.lr
+    if batch % replicas:
+        raise UsageError(
+            f"--batch-size {batch} does not split evenly over {replicas} ranks",
+            f"pass a multiple of {replicas}: --batch-size is the global batch of all ranks",
+        )
+    train_size = train_size_for(batch)
+    if batch > train_size:
+        raise UsageError(f"--batch-size must be at most {train_size} (the training set)")
+    return replace(
+        config,
+        width=width,
+        depth=depth,
+        batch_size=batch,
+        lr=lr,
+        sizing=sizing.name,
+        train_size=train_size,
+    )
+
+
+# --- options ---------------------------------------------------------------------------------
 
 
 def build_parser(framework: Framework) -> argparse.ArgumentParser:
     module = "torch_smoke" if framework == "torch" else "tf_smoke"
+    cpu, gpu = SIZINGS["small"], SIZINGS["large"]
     parser = argparse.ArgumentParser(
         prog=f"python -m cudabox.workloads.{module}",
         description=(
             f"Smoke training for {framework}: a residual MLP learns a synthetic classification "
             "task; exits 0 only if it learned (1 if not, 2 on bad options, 130/143 if stopped)."
+            + (
+                " Runs under torchrun too (one rank per process: gloo on CPU, NCCL on GPU)."
+                if framework == "torch"
+                else " Uses every visible GPU of this node (MirroredStrategy)."
+            )
         ),
     )
     add = parser.add_argument
     add("--steps", type=int, default=300, help="optimizer steps in total (default: 300)")
-    add("--batch-size", type=int, default=256, help="samples per step (default: 256)")
-    add("--lr", type=float, default=3e-3, help="peak learning rate; 0 cannot learn (default: 3e-3)")
+    add(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"samples per step, all ranks together (default: {cpu.batch_size}; "
+        f"{gpu.batch_size} per GPU on GPUs with tensor cores)",
+    )
+    add(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"peak learning rate; 0 cannot learn (default: {cpu.lr:g}; {gpu.lr:g} on GPUs "
+        "with tensor cores)",
+    )
     add("--seed", type=int, default=0, help="seed for data, weights and data order (default: 0)")
-    add("--width", type=int, default=256, help="hidden width of the model (default: 256)")
-    add("--depth", type=int, default=4, help="residual blocks (default: 4)")
+    add(
+        "--width",
+        type=int,
+        default=None,
+        help=f"hidden width of the model (default: {cpu.width}; {gpu.width} on GPUs with "
+        "tensor cores)",
+    )
+    add(
+        "--depth",
+        type=int,
+        default=None,
+        help=f"residual blocks (default: {cpu.depth}, on every device)",
+    )
     add(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -148,11 +268,17 @@ def build_parser(framework: Framework) -> argparse.ArgumentParser:
 
 def parse_config(framework: Framework, argv: list[str] | None) -> Config:
     args = build_parser(framework).parse_args(argv)
+    explicit = frozenset(key for key in SIZED if getattr(args, key) is not None)
+    cpu = SIZINGS["small"]
+    width = cpu.width if args.width is None else args.width
+    depth = cpu.depth if args.depth is None else args.depth
+    batch_size = cpu.batch_size if args.batch_size is None else args.batch_size
+    lr = cpu.lr if args.lr is None else args.lr
     checks = [
         (args.steps >= 1, "--steps must be at least 1", "pass --steps 300 (the default)"),
-        (args.batch_size >= 1, "--batch-size must be at least 1", "pass --batch-size 256"),
-        (args.lr >= 0, "--lr must not be negative", "pass --lr 3e-3"),
-        (args.width >= 1 and args.depth >= 0, "--width/--depth out of range", "use the defaults"),
+        (batch_size >= 1, "--batch-size must be at least 1", "pass --batch-size 256"),
+        (lr >= 0, "--lr must not be negative", "pass --lr 3e-3"),
+        (width >= 1 and depth >= 0, "--width/--depth out of range", "use the defaults"),
         (args.workers >= 0, "--workers must not be negative", "pass --workers 0 to load inline"),
         (args.threads >= 0, "--threads must not be negative", "pass --threads 0 (the default)"),
         (args.checkpoint_every >= 1, "--checkpoint-every must be at least 1", "pass 100"),
@@ -165,11 +291,11 @@ def parse_config(framework: Framework, argv: list[str] | None) -> Config:
     return Config(
         framework=framework,
         steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
+        batch_size=batch_size,
+        lr=lr,
         seed=args.seed,
-        width=args.width,
-        depth=args.depth,
+        width=width,
+        depth=depth,
         device=args.device,
         precision=args.precision,
         compile=args.compile,
@@ -183,6 +309,8 @@ def parse_config(framework: Framework, argv: list[str] | None) -> Config:
         quiet=args.quiet,
         max_loss=args.max_loss,
         min_accuracy=args.min_accuracy,
+        explicit=explicit,
+        train_size=train_size_for(batch_size),
     )
 
 
@@ -191,6 +319,22 @@ def no_gpu_error(found: str) -> UsageError:
         f"--device cuda was asked for, but {found}; refusing to train on the CPU instead",
         "run on a host with a usable NVIDIA GPU (check `cudabox probe`), or pass --device cpu",
     )
+
+
+def choose_precision(
+    requested: PrecisionChoice, kind: DeviceKind, bf16_ok: bool, device_name: str
+) -> Precision:
+    """auto: fp32 on CPU (bitwise resume), bf16 on Ampere+, fp16 with loss scaling before that."""
+    if requested == "auto":
+        return "fp32" if kind == "cpu" else ("bf16" if bf16_ok else "fp16")
+    if requested == "fp16" and kind == "cpu":
+        raise UsageError("--precision fp16 needs a GPU", "pass --precision bf16 or fp32 on CPU")
+    if requested == "bf16" and not bf16_ok:
+        raise UsageError(
+            f"{device_name} has no bf16 (needs compute capability 8.0+)",
+            "pass --precision fp16 (with loss scaling) or leave --precision auto",
+        )
+    return requested
 
 
 def check_resume(config: Config, saved: dict[str, Any], where: Path) -> None:
@@ -202,6 +346,99 @@ def check_resume(config: Config, saved: dict[str, Any], where: Path) -> None:
             f"the checkpoint in {where} was written with other options: {', '.join(diff)}",
             "pass the same options to --resume, or drop --resume (or use another --out) to start over",
         )
+
+
+# --- ranks -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a torchrun job, from the variables torchrun sets.
+
+    Without WORLD_SIZE the process runs alone (launched=False) and does no collective at all.
+    """
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+    launched: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes metrics and checkpoints and prints progress."""
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> World:
+        env = os.environ if env is None else env
+        if "WORLD_SIZE" not in env:
+            return cls()
+        values: dict[str, int] = {}
+        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            text = env.get(name)
+            try:
+                values[name] = int(text) if text is not None else -1
+            except ValueError:
+                values[name] = -1
+            if values[name] < 0:
+                raise UsageError(
+                    f"WORLD_SIZE is set, but {name}={text!r} is not a rank: this is not a "
+                    "torchrun worker",
+                    "launch with `torchrun --nproc-per-node N -m cudabox.workloads.torch_smoke`, "
+                    "or unset WORLD_SIZE to train in one process",
+                )
+        size, rank = values["WORLD_SIZE"], values["RANK"]
+        if size < 1 or rank >= size:
+            raise UsageError(
+                f"RANK={rank} does not fit WORLD_SIZE={size}",
+                "let torchrun set RANK, LOCAL_RANK and WORLD_SIZE",
+            )
+        return cls(rank=rank, local_rank=values["LOCAL_RANK"], size=size, launched=True)
+
+
+class Collectives(Protocol):
+    """The few collectives the loop needs besides the framework's gradient reduction."""
+
+    def agree_stop(self, signum: int) -> int:
+        """The largest pending signal of any rank (0: none): every rank stops at the same step."""
+        ...
+
+    def gather(self, value: float) -> list[float]:
+        """`value` of every rank, in rank order."""
+        ...
+
+    def mean(self, value: float) -> float:
+        """The mean of `value` over the ranks (each rank's loss is over its own shard)."""
+        ...
+
+    def broadcast(self, value: int) -> int:
+        """Rank 0's `value` on every rank."""
+        ...
+
+    def barrier(self) -> None: ...
+
+
+class Solo:
+    """One process: no other rank to agree with. `replicas` in-process replicas (TensorFlow's
+    MirroredStrategy) share its clock, so each has the same share of the rate."""
+
+    def __init__(self, replicas: int = 1) -> None:
+        self.replicas = replicas
+
+    def agree_stop(self, signum: int) -> int:
+        return signum
+
+    def gather(self, value: float) -> list[float]:
+        return [value] * self.replicas
+
+    def mean(self, value: float) -> float:
+        return value  # in-process replicas: the framework reduced the loss already
+
+    def broadcast(self, value: int) -> int:
+        return value
+
+    def barrier(self) -> None:
+        return None
 
 
 # --- task ------------------------------------------------------------------------------------
@@ -216,14 +453,24 @@ CLUSTERS_PER_CLASS = 8
 CENTRE_SCALE = 1.0
 POINT_NOISE = 1.0
 AUGMENT_NOISE = 0.05  # fresh jitter per step, added by the input pipeline's workers
-TRAIN_SIZE = 16384
+TRAIN_SIZE = 16384  # the small sizing's training set; train_size_for() gives the others
+MAX_TRAIN_SIZE = 1 << 23
 EVAL_SIZE = 4096
+# Jitter is drawn in chunks of this many rows, each from its own stream, so that a rank draws only
+# the chunks its shard covers, and a batch of up to JITTER_CHUNK rows is one stream (as before).
+JITTER_CHUNK = 4096
 
 
-def batch_position(step: int, batch_size: int) -> tuple[int, int]:
+def batch_position(step: int, batch_size: int, train_size: int = TRAIN_SIZE) -> tuple[int, int]:
     """(epoch, offset) of the batch for `step`: every epoch is one permutation, drop-last."""
-    per_epoch = max(1, TRAIN_SIZE // batch_size)
+    per_epoch = max(1, train_size // batch_size)
     return step // per_epoch, (step % per_epoch) * batch_size
+
+
+def shard(batch_size: int, world: World) -> tuple[int, int]:
+    """[start, stop) of this rank's rows in every global batch."""
+    per_rank = batch_size // world.size
+    return world.rank * per_rank, (world.rank + 1) * per_rank
 
 
 def stream_seed(seed: int, *parts: int) -> int:
@@ -238,8 +485,25 @@ def stream_seed(seed: int, *parts: int) -> int:
 DATA, ORDER, JITTER, INIT = 1, 2, 3, 4
 
 
+def jitter_chunks(
+    seed: int, step: int, batch_size: int, start: int, stop: int
+) -> Iterator[tuple[int, int, int]]:
+    """(stream seed, first row, rows) of each jitter chunk that covers rows [start, stop) of step
+    `step`'s batch of `batch_size` rows; a chunk's rows are drawn whole, then sliced."""
+    for chunk in range(start // JITTER_CHUNK, (stop - 1) // JITTER_CHUNK + 1):
+        # Chunk 0 keeps the single-stream recipe, so a batch of up to JITTER_CHUNK rows is the
+        # same at every world size, and the same as before chunking existed.
+        parts = (JITTER, step) if chunk == 0 else (JITTER, step, chunk)
+        first = chunk * JITTER_CHUNK
+        yield stream_seed(seed, *parts), first, min(JITTER_CHUNK, batch_size - first)
+
+
 def train_flops_per_sample(width: int, depth: int) -> int:
-    """Matmul FLOPs of one training sample: forward 2*MACs, backward twice the forward."""
+    """Matmul FLOPs of one training sample: forward 2*MACs, backward twice the forward.
+
+    Only the Linear layers: LayerNorm, GELU, the loss and the optimizer are memory-bound and
+    add no matmul work; counting them would inflate achieved_tflops.
+    """
     macs = FEATURES * width + depth * 2 * width * (2 * width) + width * CLASSES
     return 3 * 2 * macs
 
@@ -318,7 +582,8 @@ class Throughput:
     """Samples/s over the steady state: the clock starts after `warmup` steps of this process.
 
     The first steps pay for allocator growth, cuDNN autotuning and compilation; counting them
-    would measure start-up, which the metrics report on its own as time to first step.
+    would measure start-up, which the metrics report on its own as time to first step. Time spent
+    writing checkpoints is left out too (`exclude`): it is disk speed, reported as checkpoint_s.
     """
 
     def __init__(self, first_step: int, last_step: int, batch_size: int) -> None:
@@ -326,43 +591,27 @@ class Throughput:
         self.from_step = first_step + self.warmup
         self.batch_size = batch_size
         self.start: float | None = None
+        self.excluded = 0.0
         self.samples_per_s: float | None = None
 
     def begin(self, now: float) -> None:
         """Call with a synchronized clock when step `from_step` is complete."""
         self.start = now
 
+    def exclude(self, seconds: float) -> None:
+        if self.start is not None:
+            self.excluded += seconds
+
     def finish(self, steps_done: int, now: float) -> None:
-        if self.start is not None and steps_done > self.from_step and now > self.start:
-            self.samples_per_s = (
-                (steps_done - self.from_step) * self.batch_size / (now - self.start)
-            )
+        elapsed = None if self.start is None else now - self.start - self.excluded
+        if elapsed is not None and steps_done > self.from_step and elapsed > 0:
+            self.samples_per_s = (steps_done - self.from_step) * self.batch_size / elapsed
 
 
 def peak_rss_bytes() -> int:
     # ru_maxrss is KiB on Linux, bytes on macOS.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss) if sys.platform == "darwin" else int(rss) * 1024
-
-
-def base_metrics(config: Config) -> dict[str, Any]:
-    return {
-        "schema": METRICS_SCHEMA,
-        "framework": config.framework,
-        "python_version": platform.python_version(),
-        "config": config.to_json(),
-        "start_unix": STARTED_UNIX,
-    }
-
-
-def verdict(config: Config, loss: float, accuracy: float) -> tuple[bool, str]:
-    ok_loss = loss < config.max_loss
-    ok_acc = accuracy > config.min_accuracy
-    text = (
-        f"held-out loss {loss:.4f} {'<' if ok_loss else '>='} {config.max_loss}, "
-        f"accuracy {accuracy:.4f} {'>' if ok_acc else '<='} {config.min_accuracy}"
-    )
-    return ok_loss and ok_acc, text
 
 
 def since_start(now: float | None = None) -> float:
@@ -379,56 +628,209 @@ def cpu_name() -> str:
     return (platform.processor() or platform.machine()) + f" ({os.cpu_count()} CPUs)"
 
 
-@dataclass
-class Result:
-    """What the training loop measured; the workload adds framework facts to the metrics."""
+class Steps:
+    """The bookkeeping of a training loop, the same for both frameworks.
 
-    start_step: int
-    steps_done: int
-    loss_curve: list[list[float]]
-    final_train_loss: float | None
-    first_step_at: float | None
-    first_step_unix: float | None
-    throughput: Throughput
-    extra: dict[str, Any] = field(default_factory=dict)
+    The loop calls `after_step(loss)` once per optimizer step; it times the first step and the
+    steady state, logs, agrees with the other ranks on a stop, checkpoints when due, and answers
+    whether to leave the loop. `wait(loss)` blocks until the device finished the step (GPU work is
+    asynchronous); `value(loss)` reads the loss (and waits too); `save(step)` writes a checkpoint
+    and is called on rank 0 only.
+    """
 
-    def to_metrics(self, config: Config) -> dict[str, Any]:
-        first = self.first_step_at
-        rate = self.throughput.samples_per_s
+    def __init__(
+        self,
+        config: Config,
+        world: World,
+        log: Log,
+        stop: StopRequest,
+        comms: Collectives,
+        *,
+        start_step: int,
+        loss_curve: list[list[float]],
+        wait: Callable[[Any], object],
+        value: Callable[[Any], float],
+        save: Callable[[int], None],
+    ) -> None:
+        self.config, self.world, self.log, self.stop, self.comms = config, world, log, stop, comms
+        self.start_step = self.done = start_step
+        self.loss_curve = loss_curve
+        self.wait, self.value, self.save = wait, value, save
+        self.throughput = Throughput(start_step, config.steps, config.batch_size)
+        self.first_step_at: float | None = None
+        self.first_step_unix: float | None = None
+        self.checkpoint_s = 0.0
+        self.stopped = False
+        self.loss: Any = None
+        self._last_log = (start_step, time.perf_counter())
+
+    def after_step(self, loss: Any) -> bool:
+        """Book step `done + 1`; True when every rank is to leave the loop now."""
+        config = self.config
+        self.done += 1
+        self.loss = loss
+        done = self.done
+        if self.first_step_at is None:
+            self.wait(loss)
+            self.first_step_at, self.first_step_unix = time.perf_counter(), time.time()
+        if done == self.throughput.from_step:
+            self.wait(loss)
+            self.throughput.begin(time.perf_counter())
+        if done % config.log_every == 0 or done == config.steps:
+            # The loss of the global batch; waits for the device: only on logging steps.
+            value = self.comms.mean(self.value(loss))
+            self.loss_curve.append([done, value])
+            now = time.perf_counter()
+            last_step, last_time = self._last_log
+            rate = (done - last_step) * config.batch_size / max(now - last_time, 1e-9)
+            self._last_log = (done, now)
+            self.log.progress(
+                f"step {done:>6}/{config.steps}  loss {value:.4f}  {rate:,.0f} samples/s"
+            )
+        # Every step, so that a signal that reached some ranks only stops all of them together.
+        signum = self.comms.agree_stop(self.stop.signum or 0)
+        if signum:
+            self.stop.signum, self.stopped = signum, True
+        if done % config.checkpoint_every == 0 or self.stopped:
+            self.checkpoint()
+        return self.stopped
+
+    def checkpoint(self) -> None:
+        self.wait(self.loss)  # the device is idle: what follows is the checkpoint's own time
+        began = time.perf_counter()
+        if self.world.is_main:
+            self.save(self.done)
+        self.comms.barrier()  # every rank waits, so every rank leaves the same time out
+        seconds = time.perf_counter() - began
+        self.checkpoint_s += seconds
+        self.throughput.exclude(seconds)
+
+    def finish(self) -> None:
+        if self.done > self.start_step:
+            self.wait(self.loss)
+        self.throughput.finish(self.done, time.perf_counter())
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped and self.done < self.config.steps  # a stop after the last step: done
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The loop's figures. Rates: `global` counts every rank's samples, `per_rank` is a list
+        indexed by rank of each rank's own samples/s; `samples_per_s` is the global rate."""
+        config, world = self.config, self.world
+        own = self.throughput.samples_per_s  # global batch over this rank's clock
+        rates = self.comms.gather(-1.0 if own is None else own / world.size)
+        per_rank = [None if rate < 0 else rate for rate in rates]
         flops = train_flops_per_sample(config.width, config.depth)
+        first = self.first_step_at
         return {
-            "steps": self.steps_done,
+            "steps": self.done,
             "start_step": self.start_step,
             "resumed": self.start_step > 0,
             "loss_curve": self.loss_curve,
-            "final_train_loss": self.final_train_loss,
-            "samples_per_s": rate,
+            "final_train_loss": self.loss_curve[-1][1] if self.loss_curve else None,
+            "world_size": world.size,
+            "samples_per_s": own,
+            "samples_per_s_global": own,
+            "samples_per_s_per_rank": per_rank,
             "steady_state_from_step": self.throughput.from_step,
+            "checkpoint_s": self.checkpoint_s,
             "time_to_first_step_s": None if first is None else first - STARTED,
             "first_step_unix": self.first_step_unix,
             "total_s": since_start(),
             "train_flops_per_sample": flops,
-            "achieved_tflops": None if rate is None else rate * flops / 1e12,
-            **self.extra,
+            "achieved_tflops": None if own is None else own * flops / 1e12,
+            "achieved_tflops_per_rank": None if own is None else own * flops / 1e12 / world.size,
         }
 
 
-def finish(
+# --- metrics and verdict ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the framework reports about the run's setup, for the metrics."""
+
+    framework_version: str
+    cuda_version: str | None
+    cudnn_version: int | str | None
+    device: DeviceKind
+    device_name: str
+    precision: Precision
+    compile: bool
+    tf32: bool
+    import_s: float
+    peak_memory_bytes: int
+    peak_memory_source: str
+    checkpoint: str
+    backend: str | None  # how gradients meet: "gloo"/"nccl" (torchrun), None alone
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return data
+
+
+def base_metrics(config: Config) -> dict[str, Any]:
+    return {
+        "schema": METRICS_SCHEMA,
+        "framework": config.framework,
+        "python_version": platform.python_version(),
+        "config": config.to_json(),
+        "sizing": config.sizing,
+        "start_unix": STARTED_UNIX,
+    }
+
+
+def verdict(config: Config, loss: float, accuracy: float) -> tuple[bool, str]:
+    ok_loss = loss < config.max_loss
+    ok_acc = accuracy > config.min_accuracy
+    text = (
+        f"held-out loss {loss:.4f} {'<' if ok_loss else '>='} {config.max_loss}, "
+        f"accuracy {accuracy:.4f} {'>' if ok_acc else '<='} {config.min_accuracy}"
+    )
+    return ok_loss and ok_acc, text
+
+
+def conclude(
+    steps: Steps,
+    facts: Facts,
+    evaluate: Callable[[], tuple[float, float]],
+    digest: Callable[[], str],
+) -> int:
+    """After the loop: rank 0 judges the run, writes the metrics and prints one result line;
+    every rank returns rank 0's exit code (which also keeps them all alive until it is written)."""
+    config, log = steps.config, steps.log
+    loop = steps.to_metrics()  # a collective: every rank, before rank 0 goes its own way
+    code = 0
+    if steps.world.is_main:
+        metrics = {**base_metrics(config), **facts.to_json(), **loop}
+        if steps.interrupted:
+            code = _interrupted(config, log, metrics, steps, digest())
+        else:
+            where = f"{facts.device_name}, {facts.precision}"
+            if steps.world.size > 1:
+                where += f", {steps.world.size} ranks over {facts.backend}"
+            loss, accuracy = evaluate()
+            code = _judged(config, log, metrics, loss, accuracy, digest(), where)
+    return steps.comms.broadcast(code)
+
+
+def _judged(
     config: Config,
     log: Log,
     metrics: dict[str, Any],
-    result: Result,
-    eval_loss: float,
-    eval_accuracy: float,
+    loss: float,
+    accuracy: float,
     digest: str,
+    where: str,
 ) -> int:
-    """Judge the run, write the metrics, print one result line; returns the exit code."""
-    passed, text = verdict(config, eval_loss, eval_accuracy)
+    passed, text = verdict(config, loss, accuracy)
     code = EXIT_PASSED if passed else EXIT_NOT_LEARNED
-    metrics.update(result.to_metrics(config))
     metrics.update(
-        final_loss=eval_loss,
-        final_accuracy=eval_accuracy,
+        final_loss=loss,
+        final_accuracy=accuracy,
         thresholds={"max_loss": config.max_loss, "min_accuracy": config.min_accuracy},
         weights_sha256=digest,
         status="passed" if passed else "failed",
@@ -436,51 +838,50 @@ def finish(
         exit_code=code,
     )
     write_json(config.metrics, metrics)
-    rate = result.throughput.samples_per_s
+    rate = metrics["samples_per_s"]
     speed = (
         f"{rate:,.0f} samples/s" if rate is not None else "samples/s not measured (too few steps)"
     )
-    where = f"{metrics['device_name']}, {metrics['precision']}"
     if passed:
         log.result(f"passed: {text}; {speed} on {where}; metrics in {config.metrics}")
     else:
         log.result(
-            f"FAILED: the model did not learn: {text} after {result.steps_done} steps on {where}. "
+            f"FAILED: the model did not learn: {text} after {metrics['steps']} steps on {where}. "
             "A correct setup passes with the default options; check --lr/--steps, or the "
             f"numerics of this device and precision. Metrics in {config.metrics}"
         )
     return code
 
 
-def finish_interrupted(
-    config: Config,
-    log: Log,
-    metrics: dict[str, Any],
-    result: Result,
-    stop: StopRequest,
-    digest: str,
+def _interrupted(
+    config: Config, log: Log, metrics: dict[str, Any], steps: Steps, digest: str
 ) -> int:
-    metrics.update(result.to_metrics(config))
+    stop = steps.stop
     metrics.update(
         weights_sha256=digest, status="interrupted", passed=False, exit_code=stop.exit_code
     )
     write_json(config.metrics, metrics)
     name = signal.Signals(stop.signum).name if stop.signum else "signal"
     log.result(
-        f"stopped by {name} after step {result.steps_done}; checkpoint in {config.out}: "
+        f"stopped by {name} after step {steps.done}; checkpoint in {config.out}: "
         "run again with --resume to continue"
     )
     return stop.exit_code
 
 
-def run(
-    framework: Framework, train: Callable[[Config, Log, StopRequest], int], argv: list[str] | None
-) -> int:
+Train = Callable[[Config, World, Log, StopRequest], int]
+
+
+def run(framework: Framework, train: Train, argv: list[str] | None) -> int:
     """Parse options, train with signal handling; user mistakes print a message, no traceback."""
     try:
         config = parse_config(framework, argv)
+        world = World.from_env()
         with StopRequest().installed() as stop:
-            return train(config, Log(config.quiet), stop)
+            # Progress and the result line come from rank 0 alone; errors from every rank.
+            log = Log(config.quiet or not world.is_main)
+            code = train(config, world, log, stop)
+        return code
     except CudaboxError as exc:
         print(exc.render(), file=sys.stderr, flush=True)
         return int(exc.exit_code)

@@ -4,7 +4,13 @@
   `index_shuffle` permutation plus jitter), in parallel, with prefetch. Batch k is a pure
   function of (seed, k), so a resumed run replays the exact data.
 - GPU: Keras mixed precision (bf16 on Ampere+, else fp16 with a LossScaleOptimizer), TF32,
-  and `--compile` for XLA (`jit_compile=True` on the train step).
+  and `--compile` for XLA (`jit_compile=True` on the forward and backward pass). The default size
+  on a GPU keeps it busy with matmuls (common.SIZINGS), on a CPU it stays small.
+- Every visible GPU of this node trains, through tf.distribute.MirroredStrategy (one replica per
+  GPU, each taking its slice of the global batch; on a CPU, one replica). One node only: several
+  processes (torchrun's WORLD_SIZE, or a TF_CONFIG naming several tasks) are refused, because
+  MultiWorkerMirroredStrategy needs a TF_CONFIG per worker that no launcher we render writes, and
+  the torch workload already checks the multi-node path.
 - CPU: fp32 with op determinism, so that kill + resume gives bitwise-equal weights.
 - Checkpoints: tf.train.CheckpointManager; TF writes the data files first and then swaps the
   `checkpoint` index file atomically, so a kill mid-save leaves the previous checkpoint current.
@@ -18,11 +24,12 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from cudabox.errors import UsageError
 from cudabox.workloads import common
-from cudabox.workloads.common import Config, Log, StopRequest
+from cudabox.workloads.common import Config, Log, StopRequest, World
 
 # TF's C++ start-up chatter (oneDNN notices, CPU feature hints) buries the progress lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,7 +45,7 @@ CHECKPOINTS = "tf_checkpoints"
 # --- data ------------------------------------------------------------------------------------
 
 
-def make_task(seed: int) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+def make_task(seed: int, train_size: int) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
     """(train, held-out) splits of (features, labels), generated in memory from `seed`."""
     rng = np.random.default_rng(common.stream_seed(seed, common.DATA))
     n_clusters = common.CLASSES * common.CLUSTERS_PER_CLASS
@@ -50,13 +57,13 @@ def make_task(seed: int) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
         x = (centres[cluster] + noise).astype(np.float32)
         return x, (cluster // common.CLUSTERS_PER_CLASS).astype(np.int32)
 
-    return draw(common.TRAIN_SIZE), draw(common.EVAL_SIZE)
+    return draw(train_size), draw(common.EVAL_SIZE)
 
 
 def train_dataset(split: tuple[Any, Any], config: Config, start_step: int) -> Any:
     """tf.data pipeline of the batches for steps start_step..steps-1."""
     features, labels = tf.constant(split[0]), tf.constant(split[1])
-    size, batch = common.TRAIN_SIZE, config.batch_size
+    size, batch = config.train_size, config.batch_size
     per_epoch = max(1, size // batch)
     order_seed = common.stream_seed(config.seed, common.ORDER)
     jitter_seed = common.stream_seed(config.seed, common.JITTER)
@@ -118,11 +125,36 @@ def lr_schedule(config: Config) -> Any:
     )
 
 
-# --- device and precision --------------------------------------------------------------------
+# --- device, precision and replicas ----------------------------------------------------------
 
 
-def pick_device(config: Config) -> tuple[str, str, str]:
-    """(device kind, device name, precision); must run before TF initializes its devices."""
+def refuse_several_processes(world: World, env: Mapping[str, str] | None = None) -> None:
+    """One process per node: MirroredStrategy reaches every GPU of this node from it."""
+    env = os.environ if env is None else env
+    tasks = 1
+    if env.get("TF_CONFIG"):
+        try:
+            cluster = json.loads(env["TF_CONFIG"]).get("cluster", {})
+            tasks = sum(len(addresses) for addresses in cluster.values())
+        except (ValueError, AttributeError, TypeError):
+            raise UsageError(
+                "TF_CONFIG is set but is not the JSON TensorFlow expects",
+                "unset TF_CONFIG: the TensorFlow smoke workload trains on one node",
+            ) from None
+    if world.size > 1 or tasks > 1:
+        raise UsageError(
+            f"the TensorFlow smoke workload runs as one process per node (MirroredStrategy over "
+            f"this node's GPUs), but this is one of {max(world.size, tasks)} processes",
+            "run it once per node without torchrun or TF_CONFIG; for several processes or nodes, "
+            "use the torch workload (cudabox train torch --nproc-per-node N)",
+        )
+
+
+def pick_device(
+    config: Config,
+) -> tuple[common.DeviceKind, str, common.Precision, common.Sizing, list[str]]:
+    """(device kind, device name, precision, sizing, the replicas' devices); must run before TF
+    initializes its devices."""
     gpus = tf.config.list_physical_devices("GPU")
     if config.device == "cuda" and not gpus:
         found = (
@@ -131,26 +163,25 @@ def pick_device(config: Config) -> tuple[str, str, str]:
             else f"TensorFlow {tf.__version__} (CUDA build) sees no usable GPU"
         )
         raise common.no_gpu_error(found)
+    kind: common.DeviceKind
     if config.device == "cpu" or not gpus:
         tf.config.set_visible_devices([], "GPU")
         kind, name, capability = "cpu", common.cpu_name(), (0, 0)
+        devices = ["/cpu:0"]
     else:
-        tf.config.set_visible_devices(gpus[:1], "GPU")
         details = tf.config.experimental.get_device_details(gpus[0])
         kind, name = "cuda", str(details.get("device_name", gpus[0].name))
-        capability = tuple(details.get("compute_capability", (0, 0)))
-    bf16_ok = kind == "cpu" or capability >= (8, 0)
-    precision = config.precision
-    if precision == "auto":
-        precision = "fp32" if kind == "cpu" else ("bf16" if bf16_ok else "fp16")
-    if precision == "fp16" and kind == "cpu":
-        raise UsageError("--precision fp16 needs a GPU", "pass --precision bf16 or fp32 on CPU")
-    if precision == "bf16" and not bf16_ok:
-        raise UsageError(
-            f"{name} has no bf16 (needs compute capability 8.0+)",
-            "pass --precision fp16 (with loss scaling) or leave --precision auto",
+        capability = min(
+            tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)))
+            for gpu in gpus
         )
-    return kind, name, precision
+        devices = [f"/gpu:{index}" for index in range(len(gpus))]
+        if len(gpus) > 1:
+            name = f"{len(gpus)} x {name}"
+    bf16_ok = kind == "cpu" or capability >= (8, 0)
+    precision = common.choose_precision(config.precision, kind, bf16_ok, name)
+    sizing = common.sizing_for(kind, (int(capability[0]), int(capability[1])))
+    return kind, name, precision, sizing, devices
 
 
 # --- training --------------------------------------------------------------------------------
@@ -170,12 +201,16 @@ def evaluate(model: Any, data: tuple[Any, Any]) -> tuple[float, float]:
     return total_loss / len(labels), correct / len(labels)
 
 
-def train(config: Config, log: Log, stop: StopRequest) -> int:
-    kind, name, precision = pick_device(config)
-    if config.threads:  # before TF starts its thread pools
+def train(config: Config, world: World, log: Log, stop: StopRequest) -> int:
+    refuse_several_processes(world)
+    kind, name, precision, sizing, devices = pick_device(config)
+    if config.threads:  # before TF starts its thread pools (the strategy starts them)
         tf.config.threading.set_intra_op_parallelism_threads(config.threads)
-    if config.batch_size > common.TRAIN_SIZE:
-        raise UsageError(f"--batch-size must be at most {common.TRAIN_SIZE} (the training set)")
+    strategy = tf.distribute.MirroredStrategy(devices)
+    replicas = int(strategy.num_replicas_in_sync)
+    config = common.sized(config, sizing, replicas)
+    # The replicas of this process, seen as ranks in the metrics (one clock, one writer).
+    world = World(size=replicas)
     if kind == "cpu":
         tf.config.experimental.enable_op_determinism()
         tf32 = False
@@ -185,26 +220,42 @@ def train(config: Config, log: Log, stop: StopRequest) -> int:
     policy = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}.get(precision, "float32")
     keras.mixed_precision.set_global_policy(policy)
 
-    train_split, eval_split = make_task(config.seed)
+    train_split, eval_split = make_task(config.seed, config.train_size)
     keras.utils.set_random_seed(common.stream_seed(config.seed, common.INIT) % 2**32)
-    model = build_model(config.width, config.depth)
-    optimizer = keras.optimizers.AdamW(learning_rate=lr_schedule(config), weight_decay=0.01)
-    if precision == "fp16":
-        # Loss scaling only for fp16: bf16 has fp32's exponent range, gradients do not underflow.
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)  # create its state now, so a restore fills it
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with strategy.scope():  # variables created here are mirrored on every replica
+        model = build_model(config.width, config.depth)
+        optimizer = keras.optimizers.AdamW(learning_rate=lr_schedule(config), weight_decay=0.01)
+        if precision == "fp16":
+            # Loss scaling only for fp16: bf16 has fp32's exponent range, gradients do not
+            # underflow.
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)  # create its state now, so a restore fills it
+    per_example = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 
-    def step_fn(x: Any, y: Any) -> Any:
+    def gradients(x: Any, y: Any) -> tuple[Any, Any]:
         with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
+            # Each replica's share of the global mean: the all-reduce sums the shares.
+            loss = tf.nn.compute_average_loss(
+                per_example(y, model(x, training=True)), global_batch_size=config.batch_size
+            )
             scaled = optimizer.scale_loss(loss)  # identity unless fp16 loss scaling
-        grads = tape.gradient(scaled, model.trainable_variables)
+        return loss, tape.gradient(scaled, model.trainable_variables)
+
+    # With --compile, XLA fuses the forward and backward pass (jit_compile). The optimizer update
+    # stays outside XLA: Keras sums the replicas' gradients there in a cross-replica merge_call,
+    # which is why Keras itself turns XLA off under tf.distribute.
+    replica_gradients = tf.function(gradients, jit_compile=config.compile)
+
+    def replica_step(x: Any, y: Any) -> Any:
+        loss, grads = replica_gradients(x, y)
         optimizer.apply(grads, model.trainable_variables)
         return loss
 
-    # One graph for the whole step; with --compile, XLA fuses it (jit_compile).
-    train_step = tf.function(step_fn, jit_compile=config.compile)
+    def distributed_step(batch: Any) -> Any:
+        losses = strategy.run(replica_step, args=batch)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    train_step = tf.function(distributed_step)
 
     # Variables listed explicitly: Keras 3 models are not tracked by tf.train.Checkpoint.
     with tf.device("/cpu:0"):  # string variables have no GPU kernels
@@ -239,50 +290,54 @@ def train(config: Config, log: Log, stop: StopRequest) -> int:
         manager.save(checkpoint_number=step)
 
     dataset = train_dataset(train_split, config, start_step)
+    per_replica = config.batch_size // replicas
+
+    def shards(batch: tuple[Any, Any]) -> Any:
+        """Each replica's contiguous slice of the global batch, as torch's ranks take theirs.
+
+        Not strategy.experimental_distribute_dataset: its iterator doubled the CPU time of a
+        small step here (measured), and CI trains on CPU many times.
+        """
+        x, y = batch
+
+        def slice_for(context: Any) -> tuple[Any, Any]:
+            start = context.replica_id_in_sync_group * per_replica
+            return x[start : start + per_replica], y[start : start + per_replica]
+
+        return strategy.experimental_distribute_values_from_function(slice_for)
+
+    replicas_text = f", {replicas} replicas" if replicas > 1 else ""
     log.progress(
-        f"training on {name} ({precision}{', XLA' if config.compile else ''}): "
-        f"steps {start_step}..{config.steps}, batch {config.batch_size}, workers {config.workers}"
+        f"training on {name} ({precision}{', XLA' if config.compile else ''}{replicas_text}): "
+        f"steps {start_step}..{config.steps}, batch {config.batch_size}, "
+        f"width {config.width}, depth {config.depth} ({config.sizing} sizing), "
+        f"workers {config.workers}"
     )
 
-    throughput = common.Throughput(start_step, config.steps, config.batch_size)
-    first_step_at: float | None = None
-    first_step_unix: float | None = None
-    done = start_step
-    last_log = (start_step, time.perf_counter())
-    for step, (x, y) in enumerate(dataset, start=start_step):
-        loss = train_step(x, y)
-        done = step + 1
-        # Reading the loss waits for the step to finish (GPU work is asynchronous).
-        if first_step_at is None:
-            float(loss)
-            first_step_at, first_step_unix = time.perf_counter(), time.time()
-        if done == throughput.from_step:
-            float(loss)
-            throughput.begin(time.perf_counter())
-        if done % config.log_every == 0 or done == config.steps:
-            value = float(loss)
-            loss_curve.append([done, value])
-            now = time.perf_counter()
-            rate = (done - last_log[0]) * config.batch_size / max(now - last_log[1], 1e-9)
-            last_log = (done, now)
-            log.progress(f"step {done:>6}/{config.steps}  loss {value:.4f}  {rate:,.0f} samples/s")
-        if done % config.checkpoint_every == 0 or stop.signum is not None:
-            save_checkpoint(done)
-        if stop.signum is not None:
+    steps = common.Steps(
+        config,
+        world,
+        log,
+        stop,
+        common.Solo(replicas),
+        start_step=start_step,
+        loss_curve=loss_curve,
+        wait=float,  # reading the loss waits for the step (GPU work is asynchronous)
+        value=float,
+        save=save_checkpoint,
+    )
+    for batch in dataset:
+        if steps.after_step(train_step(shards(batch))):
             break
-    if done > start_step:
-        float(loss)
-    throughput.finish(done, time.perf_counter())
+    steps.finish()
 
     build = tf.sysconfig.get_build_info()
     if kind == "cuda":
         peak, source = tf.config.experimental.get_memory_info("GPU:0")["peak"], "tf_gpu_peak"
     else:
         peak, source = common.peak_rss_bytes(), "process_max_rss"
-    metrics = common.base_metrics(config)
-    metrics.update(
+    facts = common.Facts(
         framework_version=tf.__version__,
-        keras_version=keras.__version__,
         cuda_version=build.get("cuda_version"),
         cudnn_version=build.get("cudnn_version"),
         device=kind,
@@ -294,21 +349,14 @@ def train(config: Config, log: Log, stop: StopRequest) -> int:
         peak_memory_bytes=int(peak),
         peak_memory_source=source,
         checkpoint=str(directory),
+        backend="MirroredStrategy",
+        extra={"keras_version": keras.__version__, "replicas": replicas},
     )
-    result = common.Result(
-        start_step=start_step,
-        steps_done=done,
-        loss_curve=loss_curve,
-        final_train_loss=loss_curve[-1][1] if loss_curve else None,
-        first_step_at=first_step_at,
-        first_step_unix=first_step_unix,
-        throughput=throughput,
-    )
-    if stop.signum is not None and done < config.steps:  # a signal after the last step: done
-        return common.finish_interrupted(config, log, metrics, result, stop, weights_sha256(model))
-    eval_loss, eval_accuracy = evaluate(model, eval_split)
-    return common.finish(
-        config, log, metrics, result, eval_loss, eval_accuracy, weights_sha256(model)
+    return common.conclude(
+        steps,
+        facts,
+        evaluate=lambda: evaluate(model, eval_split),
+        digest=lambda: weights_sha256(model),
     )
 
 
