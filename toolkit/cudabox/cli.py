@@ -267,6 +267,14 @@ def _container_args(parser: argparse.ArgumentParser) -> None:
         "--rdzv-endpoint", default=None, metavar="HOST:PORT", help="where the nodes meet (c10d)"
     )
     group.add_argument("--rdzv-id", default=None, metavar="ID", help="the job's rendezvous id")
+    group.add_argument(
+        "--node-rank",
+        type=int,
+        default=None,
+        metavar="R",
+        help="this node's rank (default: $SLURM_NODEID or $JOB_COMPLETION_INDEX); rank 0 hosts "
+        "the rendezvous",
+    )
     sched = parser.add_argument_group("on a cluster")
     sched.add_argument(
         "--scheduler",

@@ -166,7 +166,7 @@ def _slurm(
     launcher, why = choose_launcher(cluster.launcher, features)
     # The cudabox launcher on each node: a local tag must be there already (no builds on compute
     # nodes); a pinned registry image is pulled. The user's labels mark its containers.
-    run_args = ("--no-build",) if "@" not in spec.image_ref else ()
+    run_args: tuple[str, ...] = ("--no-build",) if "@" not in spec.image_ref else ()
     run_args += tuple(
         arg for key, value in launch.labels.items() for arg in ("--label", f"{key}={value}")
     )

@@ -128,7 +128,10 @@ class LaunchOptions:
                     f"--rdzv-endpoint {args.rdzv_endpoint!r} is not HOST:PORT",
                     "e.g. --rdzv-endpoint node1:29500",
                 )
-            rdzv = Rendezvous(host, int(port), args.rdzv_id or "cudabox")
+            rank = node_rank(args.node_rank)
+            rdzv = Rendezvous(
+                host, int(port), args.rdzv_id or "cudabox", None if rank is None else rank == 0
+            )
         return cls(
             framework=args.framework,
             image=args.image,
@@ -153,6 +156,29 @@ class LaunchOptions:
     @property
     def distributed(self) -> bool:
         return self.nproc_per_node > 1 or self.nnodes > 1
+
+
+# What schedulers tell each node about its place: Slurm's node id, a Kubernetes Indexed Job's
+# index. srun and the pod set them per node, where a job script cannot.
+NODE_RANK_VARIABLES = ("SLURM_NODEID", "JOB_COMPLETION_INDEX")
+
+
+def node_rank(given: int | None, env: Mapping[str, str] | None = None) -> int | None:
+    """This node's rank in the job: --node-rank, else the scheduler's variable, else unknown.
+
+    The node of rank 0 hosts torchrun's rendezvous store; without a rank, torchrun guesses from
+    host names, which fails when several nodes share one machine (each thinks it is the host).
+    """
+    if given is not None:
+        if given < 0:
+            raise UsageError("--node-rank must not be negative", "the first node is 0")
+        return given
+    env = os.environ if env is None else env
+    for name in NODE_RANK_VARIABLES:
+        text = env.get(name, "")
+        if text.isdigit():
+            return int(text)
+    return None
 
 
 def parse_mount(item: str) -> Mount:

@@ -20,6 +20,9 @@ class Rendezvous:
     host: str  # a host name, an address, or a shell expression such as "$MASTER_ADDR"
     port: int = DEFAULT_RDZV_PORT
     job_id: str = "cudabox"
+    # Whether this node hosts the rendezvous store; None lets torchrun decide by host name, which
+    # is right unless several "nodes" share one machine (then each would think it is the host).
+    is_host: bool | None = None
 
     @property
     def endpoint(self) -> str:
@@ -84,6 +87,8 @@ def torchrun_argv(
             f"--rdzv-endpoint={rdzv.endpoint}",
             f"--rdzv-id={rdzv.job_id}",
         ]
+        if rdzv.is_host is not None:
+            launcher.append(f"--rdzv-conf=is_host={str(rdzv.is_host).lower()}")
     words = list(program)
     if words and words[0] in ("python", "python3"):
         rest = words[1:]
