@@ -268,6 +268,12 @@ def _container_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--rdzv-id", default=None, metavar="ID", help="the job's rendezvous id")
     group.add_argument(
+        "--node-addr",
+        default=None,
+        metavar="ADDR",
+        help="this node's address for the others (default: $SLURMD_NODENAME, else its FQDN)",
+    )
+    group.add_argument(
         "--node-rank",
         type=int,
         default=None,

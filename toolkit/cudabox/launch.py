@@ -130,7 +130,11 @@ class LaunchOptions:
                 )
             rank = node_rank(args.node_rank)
             rdzv = Rendezvous(
-                host, int(port), args.rdzv_id or "cudabox", None if rank is None else rank == 0
+                host,
+                int(port),
+                args.rdzv_id or "cudabox",
+                is_host=None if rank is None else rank == 0,
+                local_addr=args.node_addr or os.environ.get(NODE_NAME_VARIABLE) or None,
             )
         return cls(
             framework=args.framework,
@@ -161,6 +165,7 @@ class LaunchOptions:
 # What schedulers tell each node about its place: Slurm's node id, a Kubernetes Indexed Job's
 # index. srun and the pod set them per node, where a job script cannot.
 NODE_RANK_VARIABLES = ("SLURM_NODEID", "JOB_COMPLETION_INDEX")
+NODE_NAME_VARIABLE = "SLURMD_NODENAME"  # the node's name as Slurm knows it (resolvable)
 
 
 def node_rank(given: int | None, env: Mapping[str, str] | None = None) -> int | None:

@@ -23,6 +23,10 @@ class Rendezvous:
     # Whether this node hosts the rendezvous store; None lets torchrun decide by host name, which
     # is right unless several "nodes" share one machine (then each would think it is the host).
     is_host: bool | None = None
+    # This node's address as the others reach it; None: its FQDN. Several "nodes" on one machine
+    # (containers with the host's network) share an FQDN and, in their own PID namespaces, even
+    # a pid, and the rendezvous would take them for one node.
+    local_addr: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -89,6 +93,8 @@ def torchrun_argv(
         ]
         if rdzv.is_host is not None:
             launcher.append(f"--rdzv-conf=is_host={str(rdzv.is_host).lower()}")
+        if rdzv.local_addr is not None:
+            launcher.append(f"--local-addr={rdzv.local_addr}")
     words = list(program)
     if words and words[0] in ("python", "python3"):
         rest = words[1:]
