@@ -102,8 +102,27 @@ def pynvml_owners() -> list[str]:
     return [o for o in owners if o.lower().replace("_", "-") != "nvidia-ml-py"] or ["pynvml"]
 
 
+def require_driver_library() -> None:
+    """NvmlFailure(LIBRARY_NOT_FOUND) when the driver's libnvidia-ml.so.1 cannot be loaded.
+
+    What nvmlInit would find first, found without importing the binding (a 6,000-line module
+    that costs more than the rest of `cudabox probe` on a host without a GPU).
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        diagnosis, fix = _DIAGNOSES[LIBRARY_NOT_FOUND]
+        raise NvmlFailure(LIBRARY_NOT_FOUND, diagnosis, fix) from None
+
+
 def load_pynvml() -> Any:
-    """Import the official binding, refusing the unofficial `pynvml` distribution that shadows it."""
+    """The official binding, once the driver library is known to be there.
+
+    The unofficial `pynvml` distribution that shadows it is refused first, then a missing
+    driver library is found without importing the binding at all.
+    """
     owners = pynvml_owners()
     if owners and all(o.lower().replace("_", "-") != "nvidia-ml-py" for o in owners):
         raise NvmlFailure(
@@ -111,6 +130,7 @@ def load_pynvml() -> Any:
             f"the `pynvml` module comes from {', '.join(owners)}, not NVIDIA's nvidia-ml-py",
             "pip uninstall pynvml && pip install nvidia-ml-py",
         )
+    require_driver_library()
     try:
         return importlib.import_module("pynvml")
     except ImportError:

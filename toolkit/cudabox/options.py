@@ -14,10 +14,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from cudabox.container import Ulimit
 from cudabox.errors import UsageError
+
+if TYPE_CHECKING:  # `select` reads this module; it needs none of the container types
+    from cudabox.container import Ulimit
 
 CA_ENV = "CUDABOX_CA_CERT"
 INDEX_ENV = "CUDABOX_INDEX_URL"
@@ -238,6 +241,8 @@ def parse_ulimit(item: str) -> Ulimit:
             f"--ulimit {item!r}: the soft limit is above the hard limit",
             f"make SOFT <= HARD, e.g. --ulimit {name}={hard}:{hard}",
         )
+    from cudabox.container import Ulimit
+
     return Ulimit(name, soft, hard)
 
 
