@@ -474,9 +474,8 @@ COMMANDS = (
 )
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with `only`, that command's arguments alone are declared (the others stay
-    names in the list), which halves `cudabox probe`'s start-up."""
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: every command and its arguments (help, tests)."""
     parser = _Parser(
         prog="cudabox",
         description="Reproducible, correct GPU deep-learning environments: probe the host, "
@@ -491,10 +490,24 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS:
         child = sub.add_parser(command.name, help=command.help, description=command.description)
-        if only is None or command.name == only:
-            command.arguments(child)
+        command.arguments(child)
         child.set_defaults(handler=command.handler)
     return parser
+
+
+def parse(words: Sequence[str]) -> argparse.Namespace:
+    """The arguments: one command's own parser when the first word names a command (the common
+    case: argparse builds and translates every parser's texts, a third of `cudabox probe`'s
+    time); else the whole command line, which prints help, the version or the mistake."""
+    command = next((c for c in COMMANDS if words and c.name == words[0]), None)
+    if command is None:
+        return build_parser().parse_args(words)
+    parser = _Parser(
+        prog=f"cudabox {command.name}", description=command.description or command.help
+    )
+    command.arguments(parser)
+    parser.set_defaults(handler=command.handler)
+    return parser.parse_args(words[1:])
 
 
 def handler(reference: str) -> Callable[[argparse.Namespace], int]:
@@ -505,14 +518,12 @@ def handler(reference: str) -> Callable[[argparse.Namespace], int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    named = next((w for w in words if not w.startswith("-")), None)
-    parser = build_parser(named if named in {c.name for c in COMMANDS} else None)
     # Everything after the first "--" belongs to the command being launched, untouched.
     rest: list[str] = []
     if "--" in words:
         cut = words.index("--")
         words, rest = words[:cut], words[cut + 1 :]
-    args = parser.parse_args(words)
+    args = parse(words)
     args.rest = rest
     try:
         code = int(handler(args.handler)(args))

@@ -6,8 +6,8 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 from cudabox.errors import DataError
@@ -127,7 +127,8 @@ def _rows(
 def load_compat() -> Compat:
     where = "cudabox's data/compat.toml"
     try:
-        raw = resources.files("cudabox").joinpath("data/compat.toml").read_bytes()
+        # Beside this module, as package data (importlib.resources costs more than the read).
+        raw = (Path(__file__).parent / "data" / "compat.toml").read_bytes()
     except OSError as exc:
         raise DataError(f"{where} cannot be read: {exc.strerror}", _FIX) from None
     return parse_compat(decode_text(raw, where, _FIX, DataError), where)

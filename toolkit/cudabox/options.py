@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
 
 from cudabox.errors import UsageError
 
@@ -77,6 +75,8 @@ def _unquote(text: str) -> str:
 def _local_folder(location: str) -> Path | None:
     """A find-links entry as a local folder, or None (a remote URL, or not a folder)."""
     if "://" in location:
+        from urllib.parse import unquote, urlparse
+
         parsed = urlparse(location)
         if parsed.scheme != "file":
             return None
@@ -87,6 +87,8 @@ def _local_folder(location: str) -> Path | None:
 
 def read_pip_config(python: str = sys.executable) -> PipConfig:
     """The host pip's settings; an unreadable configuration counts as none."""
+    import subprocess
+
     try:
         listing = subprocess.run(
             [python, "-m", "pip", "config", "list"],
@@ -146,6 +148,8 @@ class PackageSources:
             )
         index = sources.index_url
         # pip and uv also read a local folder laid out as an index.
+        from urllib.parse import urlparse
+
         url = index is not None and urlparse(index).scheme in ("http", "https", "file")
         if index and not url and not Path(index).is_dir():
             raise UsageError(
