@@ -14,31 +14,11 @@ from typing import Any
 
 from cudabox.doctor.model import LAYERS, DoctorReport, Status
 from cudabox.errors import ExitCode, UsageError
-from cudabox.images.catalog import FRAMEWORKS, load_catalog
+from cudabox.images.catalog import load_catalog
 from cudabox.output import print_json, table
 from cudabox.resolver import Selection, select
 
 _MARK: dict[Status, str] = {"pass": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "report",
-        help="combine doctor reports (one per node) into one fleet table",
-        description="Read `cudabox doctor --json FILE` reports, one per node: which node fails "
-        "which check, and which image fits every node. Exit 1 when a node has a failing check, "
-        "3 when no image fits every node.",
-    )
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="doctor JSON reports")
-    parser.add_argument(
-        "--framework",
-        choices=FRAMEWORKS,
-        default=None,
-        help="framework for the image choice (default: the one the reports were made for)",
-    )
-    parser.add_argument("--all", action="store_true", help="list every check, not only problems")
-    parser.add_argument("--json", action="store_true", help="print the fleet view as JSON")
-    parser.set_defaults(func=cmd_report)
 
 
 def load_reports(files: Sequence[Path]) -> list[DoctorReport]:

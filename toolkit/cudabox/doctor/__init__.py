@@ -7,43 +7,12 @@ applies, and a fix. docs/doctor.md documents every check and the JSON schema.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from cudabox.doctor.model import LAYERS, LEVELS, DoctorReport
-from cudabox.errors import ExitCode, Unavailable
-from cudabox.images.catalog import FRAMEWORKS
+from cudabox.doctor.model import LAYERS, DoctorReport
+from cudabox.errors import Unavailable
 from cudabox.output import check_writable, table, write_atomic
 
-__all__ = ["cmd_doctor", "register", "render_summary"]
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "doctor",
-        help="check that training will work here: host, engine, container, framework, speed",
-        description="Validate this machine's driver/CUDA setup end to end. Levels: quick = host + "
-        "engine (seconds); standard = + container, framework, performance (about two minutes); "
-        "full = + a short training run. Exit 0 all pass (warnings too, unless --strict), 1 a check "
-        "failed, 2 usage error, 4 could not run (no engine where the level needs one).",
-    )
-    parser.add_argument("--framework", choices=FRAMEWORKS, default="torch")
-    parser.add_argument(
-        "--image",
-        default="auto",
-        metavar="NAME|auto",
-        help="catalog image to check (default: the one `cudabox select` picks)",
-    )
-    parser.add_argument("--level", choices=LEVELS, default="standard")
-    parser.add_argument(
-        "--json", type=Path, metavar="FILE", help="write the report as JSON ('-' for stdout)"
-    )
-    parser.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
-    parser.add_argument(
-        "--here",
-        action="store_true",
-        help="run the host, framework, performance and training layers in this Python, without an engine",
-    )
-    parser.set_defaults(func=cmd_doctor)
+__all__ = ["cmd_doctor", "render_summary"]
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -100,5 +69,3 @@ def render_summary(report: DoctorReport) -> str:
             lines.append(f"       fix: {c.fix}")
     return "\n".join(lines)
 
-
-_ = ExitCode  # re-exported codes are documented in the command's description
