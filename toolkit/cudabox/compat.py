@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 from cudabox.errors import DataError
-from cudabox.output import decode_text
+from cudabox.sourced import check_cited, parse_table, read_data, rows_of, sources_of
 from cudabox.versions import CudaVersion, DriverVersion, parse_cc
 
 
@@ -54,17 +52,8 @@ _FIX = "reinstall cudabox; if you edited data/compat.toml, correct the row it na
 
 def parse_compat(data: Mapping[str, Any] | str, where: str = "compat.toml") -> Compat:
     """The facts of compat.toml (its text, or the parsed table); any flaw is a DataError."""
-    if isinstance(data, str):
-        try:
-            data = tomllib.loads(data)
-        except tomllib.TOMLDecodeError as exc:
-            raise DataError(f"{where} is not valid TOML: {exc}", _FIX) from None
-    unknown = set(data) - {*_TABLES, "sources"}
-    if unknown:
-        raise DataError(f"{where}: unknown top-level key {sorted(unknown)[0]!r}", _FIX)
-    sources = data.get("sources", {})
-    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
-        raise DataError(f"{where}: [sources] must map each source key to a text", _FIX)
+    data = parse_table(data, where, _FIX, {*_TABLES, "sources"})
+    sources = sources_of(data, where, _FIX)
     rows = {table: _rows(data, table, sources, where) for table in _TABLES}
     try:
         drivers = sorted(
@@ -96,11 +85,7 @@ def _rows(
     data: Mapping[str, Any], table: str, sources: Mapping[str, str], where: str
 ) -> list[dict[str, Any]]:
     """The rows of [[table]], each with exactly its keys, of their types, citing known sources."""
-    rows = data.get(table)
-    if rows is None:
-        raise DataError(f"{where}: no [[{table}]] rows", _FIX)
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise DataError(f"{where}: '{table}' must be a list of [[{table}]] tables", _FIX)
+    rows = rows_of(data, table, where, _FIX)
     keys = _TABLES[table]
     for n, row in enumerate(rows, start=1):
         at = f"{where} [[{table}]] row {n}"
@@ -117,18 +102,11 @@ def _rows(
                     f"got {value!r}",
                     _FIX,
                 )
-        for key in row["source"].split(","):
-            if key not in sources:
-                raise DataError(f"{at} ({row}) cites unknown source {key!r}", _FIX)
+        check_cited(row, sources, at, _FIX)
     return rows
 
 
 @cache
 def load_compat() -> Compat:
-    where = "cudabox's data/compat.toml"
-    try:
-        # Beside this module, as package data (importlib.resources costs more than the read).
-        raw = (Path(__file__).parent / "data" / "compat.toml").read_bytes()
-    except OSError as exc:
-        raise DataError(f"{where} cannot be read: {exc.strerror}", _FIX) from None
-    return parse_compat(decode_text(raw, where, _FIX, DataError), where)
+    text, where = read_data("compat.toml", _FIX)
+    return parse_compat(text, where)

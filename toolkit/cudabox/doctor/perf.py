@@ -7,17 +7,15 @@ model and link from the host layer's readings.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from cudabox.doctor.model import Check, Status, check
 from cudabox.errors import DataError
 from cudabox.nvml import GpuHealth
-from cudabox.output import decode_text
+from cudabox.sourced import parse_table, read_data, rows_of, sources_of
 
 LAYER = "performance"
 FAIL_BELOW = 0.75  # x the expected value: datacenter diagnostics' threshold on measured rows
@@ -77,22 +75,11 @@ _FIX = "reinstall cudabox; if you edited data/gpu_perf.toml, correct the row it 
 
 def parse_perf(data: Mapping[str, Any] | str, where: str = "gpu_perf.toml") -> PerfTable:
     """The table of gpu_perf.toml (its text, or the parsed table); any flaw is a DataError."""
-    if isinstance(data, str):
-        try:
-            data = tomllib.loads(data)
-        except tomllib.TOMLDecodeError as exc:
-            raise DataError(f"{where} is not valid TOML: {exc}", _FIX) from None
-    unknown_top = set(data) - {"schema", "sources", "row"}
-    if unknown_top:
-        raise DataError(f"{where}: unknown top-level key {sorted(unknown_top)[0]!r}", _FIX)
+    data = parse_table(data, where, _FIX, {"schema", "sources", "row"})
     if type(data.get("schema")) is not int or data.get("schema") != 1:
         raise DataError(f"{where}: 'schema' must be 1, got {data.get('schema')!r}", _FIX)
-    sources = data.get("sources") or {}
-    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
-        raise DataError(f"{where}: [sources] must map each source key to a text", _FIX)
-    table = data.get("row") or []
-    if not isinstance(table, list) or not all(isinstance(r, dict) for r in table):
-        raise DataError(f"{where}: 'row' must be a list of [[row]] tables", _FIX)
+    sources = sources_of(data, where, _FIX)
+    table = rows_of(data, "row", where, _FIX, required=False)
     rows: dict[tuple[str, str], dict[str, tuple[float, str]]] = {}
     for n, row in enumerate(table, start=1):
         at = f"{where} row {n}"
@@ -119,23 +106,19 @@ def parse_perf(data: Mapping[str, Any] | str, where: str = "gpu_perf.toml") -> P
             raise DataError(f"{at}: pci_device_id {pci!r} is not of the form 0x233010DE", _FIX)
         if metric not in METRICS or kind not in ("peak", "measured"):
             raise DataError(f"{at}: metric must be one of {METRICS}, kind peak or measured", _FIX)
-        if source not in sources:
+        if source not in sources:  # one source per measured figure, named as it is
             raise DataError(f"{at}: source {source!r} is not in [sources]", _FIX)
         kinds_seen = rows.setdefault((pci.upper().replace("0X", "0x"), metric), {})
         if kind in kinds_seen:
             raise DataError(f"{at}: a second {kind} row for {pci} {metric}", _FIX)
         kinds_seen[kind] = (value, source)
-    return PerfTable(rows, {str(k): str(v) for k, v in sources.items()})
+    return PerfTable(rows, sources)
 
 
 @cache
 def load_perf() -> PerfTable:
-    where = "cudabox's data/gpu_perf.toml"
-    try:
-        raw = resources.files("cudabox").joinpath("data/gpu_perf.toml").read_bytes()
-    except OSError as exc:
-        raise DataError(f"{where} cannot be read: {exc.strerror}", _FIX) from None
-    return parse_perf(decode_text(raw, where, _FIX, DataError), where)
+    text, where = read_data("gpu_perf.toml", _FIX)
+    return parse_perf(text, where)
 
 
 def judge(

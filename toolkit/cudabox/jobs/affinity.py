@@ -18,19 +18,17 @@ capability of the node's GPU model (`gpu.compute.*`).
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from typing import Any, Literal
 
 from cudabox.compat import Compat, load_compat
 from cudabox.errors import DataError, UsageError
 from cudabox.host import HostProfile
 from cudabox.images.catalog import ImageSpec
-from cudabox.output import decode_text
 from cudabox.resolver import Coverage, gpu_coverage
+from cudabox.sourced import check_cited, parse_table, read_data, rows_of, sources_of
 from cudabox.versions import CudaVersion, DriverVersion, parse_cc
 
 COMPUTE_MAJOR = "nvidia.com/gpu.compute.major"
@@ -237,12 +235,8 @@ def gfd_labels(host: HostProfile, compat: Compat | None = None) -> dict[str, str
 @cache
 def known_capabilities() -> tuple[tuple[int, int], ...]:
     """Every real compute capability (data/compute_capabilities.toml), ascending."""
-    where = "cudabox's data/compute_capabilities.toml"
-    try:
-        raw = resources.files("cudabox").joinpath("data/compute_capabilities.toml").read_bytes()
-    except OSError as exc:
-        raise DataError(f"{where} cannot be read: {exc.strerror}", _CC_FIX) from None
-    return parse_capabilities(decode_text(raw, where, _CC_FIX, DataError), where)
+    text, where = read_data("compute_capabilities.toml", _CC_FIX)
+    return parse_capabilities(text, where)
 
 
 _CC_FIX = (
@@ -258,25 +252,9 @@ def parse_capabilities(
 
     As strict as compat.toml's loader: any flaw is a DataError naming the row.
     """
-    if isinstance(data, str):
-        try:
-            data = tomllib.loads(data)
-        except tomllib.TOMLDecodeError as exc:
-            raise DataError(f"{where} is not valid TOML: {exc}", _CC_FIX) from None
-    unknown = set(data) - {"compute_capability", "sources"}
-    if unknown:
-        raise DataError(f"{where}: unknown top-level key {sorted(unknown)[0]!r}", _CC_FIX)
-    sources = data.get("sources", {})
-    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
-        raise DataError(f"{where}: [sources] must map each source key to a text", _CC_FIX)
-    rows = data.get("compute_capability")
-    if not rows:
-        raise DataError(f"{where}: no [[compute_capability]] rows", _CC_FIX)
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise DataError(
-            f"{where}: 'compute_capability' must be a list of [[compute_capability]] tables",
-            _CC_FIX,
-        )
+    data = parse_table(data, where, _CC_FIX, {"compute_capability", "sources"})
+    sources = sources_of(data, where, _CC_FIX)
+    rows = rows_of(data, "compute_capability", where, _CC_FIX)
     seen: list[tuple[int, int]] = []
     for n, row in enumerate(rows, start=1):
         at = f"{where} [[compute_capability]] row {n}"
@@ -292,9 +270,7 @@ def parse_capabilities(
             cc = parse_cc(row["cc"])
         except ValueError as exc:
             raise DataError(f"{at}: {exc}", _CC_FIX) from None
-        for key in row["source"].split(","):
-            if key not in sources:
-                raise DataError(f"{at} ({row['cc']}) cites unknown source {key!r}", _CC_FIX)
+        check_cited(row, sources, at, _CC_FIX)
         if cc in seen:
             raise DataError(f"{at}: compute capability {row['cc']} appears twice", _CC_FIX)
         seen.append(cc)
