@@ -109,8 +109,10 @@ def bench_choose(folder: Path, runs: int) -> None:
             started, before = time.perf_counter(), os.times()
             inner = subprocess.run(
                 [sys.executable, "-c", CHILD, repo, str(HOST), str(warm_cache)],
-                check=True, capture_output=True, text=True,
-            )  # fmt: skip
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             after = os.times()
             cpu = (after.children_user - before.children_user) + (
                 after.children_system - before.children_system
@@ -240,8 +242,10 @@ def pull_on_a_fresh_host(storage: Path, folder: Path) -> dict[str, Any]:
         again_s, _, again_err = cudabox(*pull, cwd=folder, docker_host=host)
         installed = subprocess.run(
             ["docker", "-H", host, "image", "inspect", "--format", "{{.Size}}", entry["pinned"]],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     return {
         "pull_s": pull_s,
         "layers": len(remote.layers),
@@ -268,10 +272,20 @@ def bench_pull(folder: Path) -> None:
         inner = folder / "fresh-host"
         inner.mkdir()
         done = subprocess.run(
-            ["unshare", "--net", "--", sys.executable, __file__,
-             "--fresh-host-pull", str(server.storage), str(inner)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                "unshare",
+                "--net",
+                "--",
+                sys.executable,
+                __file__,
+                "--fresh-host-pull",
+                str(server.storage),
+                str(inner),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             sys.exit(f"the pull on a fresh host failed:\n{done.stdout}\n{done.stderr[-3000:]}")
         figures = json.loads(done.stdout.splitlines()[-1])

@@ -295,19 +295,61 @@ def _openssl(*args: str, cwd: Path) -> None:
 def make_ca(folder: Path) -> tuple[Path, Path, Path]:
     """(ca.crt, server.crt, server.key): a throwaway CA and a certificate for 127.0.0.1."""
     folder.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=cudabox test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)  # fmt: skip
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
-             "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=folder)  # fmt: skip
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=cudabox test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=folder,
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        cwd=folder,
+    )
     (folder / "ext.cnf").write_text(
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
         "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
     )
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-out", "server.crt", "-extfile", "ext.cnf",
-             cwd=folder)  # fmt: skip
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "server.crt",
+        "-extfile",
+        "ext.cnf",
+        cwd=folder,
+    )
     return folder / "ca.crt", folder / "server.crt", folder / "server.key"
 
 
@@ -315,8 +357,11 @@ def make_htpasswd(path: Path, username: str, password: str) -> Path:
     # The registry accepts bcrypt entries only (htpasswd -B).
     result = subprocess.run(
         ["htpasswd", "-Bbn", username, password],
-        check=True, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     path.write_text(result.stdout)
     return path
 
@@ -346,8 +391,10 @@ class TokenService:
         self.key = folder / "ca.key"
         der = subprocess.run(
             ["openssl", "x509", "-in", str(self.ca), "-outform", "DER"],
-            check=True, capture_output=True, timeout=60,
-        ).stdout  # fmt: skip
+            check=True,
+            capture_output=True,
+            timeout=60,
+        ).stdout
         self.x5c = base64.b64encode(der).decode()
         self.logins = dict(logins) if logins is not None else None
         self.issued: list[tuple[str, str]] = []
@@ -384,8 +431,11 @@ class TokenService:
         )
         signature = subprocess.run(
             ["openssl", "dgst", "-sha256", "-sign", str(self.key)],
-            input=signing_input.encode(), check=True, capture_output=True, timeout=60,
-        ).stdout  # fmt: skip
+            input=signing_input.encode(),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        ).stdout
         return signing_input + "." + _b64url(signature)
 
     def _answer(self, query: Mapping[str, list[str]], authorization: str) -> tuple[int, bytes]:
@@ -467,8 +517,11 @@ def running_registry(
     token_auth: TokenService | None = None,
 ) -> Iterator[RegistryServer]:
     """A docker-registry on 127.0.0.1:<free port> storing under `folder`; stopped on exit."""
-    require_tools("docker-registry", *(("openssl",) if tls or token_auth else ()),
-                  *(("htpasswd",) if login else ()))  # fmt: skip
+    require_tools(
+        "docker-registry",
+        *(("openssl",) if tls or token_auth else ()),
+        *(("htpasswd",) if login else ()),
+    )
     folder.mkdir(parents=True, exist_ok=True)
     storage = folder / "storage"
     port = free_port()

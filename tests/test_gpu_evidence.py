@@ -309,8 +309,9 @@ def test_training_verdicts_and_share_of_the_bf16_matmul() -> None:
         want = "fp32" if run is fp32 else "bf16"
         step, _ = ge.train_record(run, ran(["train"]), {}, metrics, 800.0, "cuda", want)
         assert not step.ok and problem in step.note
-    step, record = ge.train_record(bf16, ran(["train"], 4, stderr="cudabox: error: no GPU"), None,
-                                   None, None, "cuda", "bf16")  # fmt: skip
+    step, record = ge.train_record(
+        bf16, ran(["train"], 4, stderr="cudabox: error: no GPU"), None, None, None, "cuda", "bf16"
+    )
     assert not step.ok and step.note == "exit 4, no metrics: cudabox: error: no GPU"
     assert record["share_of_bf16_matmul"] is None
 
@@ -502,8 +503,15 @@ def test_allow_cpu_runs_every_step_into_eight_small_files(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
     assert summary["verdict"] == "ok" and summary["allow_cpu"] is True
     names = [s["name"] for s in summary["steps"]]
-    assert names == ["probe", "select-torch", "select-tensorflow", "doctor",
-                     "train-bf16", "train-compile", "train-fp32"]  # fmt: skip
+    assert names == [
+        "probe",
+        "select-torch",
+        "select-tensorflow",
+        "doctor",
+        "train-bf16",
+        "train-compile",
+        "train-fp32",
+    ]
     files = sorted(p.name for p in out.iterdir())
     assert files == sorted(ge.RECORD_FILES) and ge.check_records(out) == []
     assert all((out / name).stat().st_size < ge.MAX_BYTES for name in files)

@@ -20,8 +20,20 @@ from cudabox.errors import ExitCode
 from fakenvml import SCENARIOS, FakeGpu, FakeNvml
 
 CHECK_KEYS = ["id", "layer", "status", "value", "expected", "unit", "message", "fix", "duration_s"]
-TOP_KEYS = ["kind", "schema", "cudabox_version", "timestamp", "level", "framework", "image", "here",
-            "host", "versions", "summary", "checks"]  # fmt: skip
+TOP_KEYS = [
+    "kind",
+    "schema",
+    "cudabox_version",
+    "timestamp",
+    "level",
+    "framework",
+    "image",
+    "here",
+    "host",
+    "versions",
+    "summary",
+    "checks",
+]
 
 
 def assert_schema(data: dict[str, Any]) -> None:
@@ -124,8 +136,15 @@ class StubEngine:
     def image(self, ref: str) -> StubImage | None:
         return StubImage()
 
-    def run(self, image: str, command: Sequence[str], *, timeout: float,
-            files: Mapping[str, bytes] | None = None, gpus: bool = False) -> StubRun:  # fmt: skip
+    def run(
+        self,
+        image: str,
+        command: Sequence[str],
+        *,
+        timeout: float,
+        files: Mapping[str, bytes] | None = None,
+        gpus: bool = False,
+    ) -> StubRun:
         self.ran.append((" ".join(command), gpus))
         if "--nvml-uuids" in command:
             return StubRun(0, MARKER + json.dumps({"uuids": self.uuids}) + "\n")
@@ -151,8 +170,14 @@ class StubEngine:
                 ],
             }
             return StubRun(0, "progress\n" + MARKER + json.dumps(result) + "\n")
-        metrics = {"passed": True, "final_loss": 0.1, "samples_per_s": 1e5, "device_name": "H100", "precision": "bf16",
-                   "thresholds": {"max_loss": 0.35}}  # fmt: skip
+        metrics = {
+            "passed": True,
+            "final_loss": 0.1,
+            "samples_per_s": 1e5,
+            "device_name": "H100",
+            "precision": "bf16",
+            "thresholds": {"max_loss": 0.35},
+        }
         return StubRun(0, "training...\nCUDABOX_DOCTOR_METRICS\n" + json.dumps(metrics) + "\n")
 
     def close(self) -> None:

@@ -49,8 +49,11 @@ def test_script_runs_as_a_module_and_reports_gpu_checks_as_skipped() -> None:
     pytest.importorskip("torch")
     done = subprocess.run(
         [sys.executable, "-m", "cudabox.doctor.gpu_checks", "--json"],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     result = parse_result(done.stdout)
     assert result is not None
     status = {c["id"]: c["status"] for c in result["checks"]}
@@ -72,8 +75,23 @@ def test_script_is_standard_library_plus_framework_only() -> None:
     assert source is not None
     lines = Path(source).read_text().splitlines()
     imports = [line.split()[1] for line in lines if line.startswith(("import ", "from "))]
-    assert not [m for m in imports if m.split(".")[0] not in {"__future__", "argparse", "ctypes", "json", "math",
-                                                              "platform", "sys", "time", "collections", "typing"}]  # fmt: skip
+    assert not [
+        m
+        for m in imports
+        if m.split(".")[0]
+        not in {
+            "__future__",
+            "argparse",
+            "ctypes",
+            "json",
+            "math",
+            "platform",
+            "sys",
+            "time",
+            "collections",
+            "typing",
+        }
+    ]
 
 
 def test_nvml_listing_without_a_driver_says_so() -> None:

@@ -604,9 +604,18 @@ def test_json_shape_is_the_documented_one() -> None:
     report = compared([BASE, old], [BASE, new]).to_json()
     assert report["kind"] == "cudabox.diff" and report["schema"] == 1
     assert set(report) == {
-        "kind", "schema", "cudabox_version", "verdict", "a", "b", "layers", "distributions",
-        "files", "layers_read", "seconds",
-    }  # fmt: skip
+        "kind",
+        "schema",
+        "cudabox_version",
+        "verdict",
+        "a",
+        "b",
+        "layers",
+        "distributions",
+        "files",
+        "layers_read",
+        "seconds",
+    }
     assert report["verdict"] == "different"
     assert set(report["a"]) == {"ref", "id", "size", "layers"}
     assert set(report["a"]["layers"][0]) == {"diff_id", "size", "shared", "chain_shared"}

@@ -20,10 +20,25 @@ def test_a_retagged_image_is_judged_from_its_labels(catalog_image: Any, docker_e
     docker_engine.images.get(source).tag("cudabox-test/pulled-torch", "1")
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "cudabox", "select", "--framework", "torch", "--flavor", "cpu",
-             "--host", str(HOSTS / "h100.json"), "--local", "--json"],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "cudabox",
+                "select",
+                "--framework",
+                "torch",
+                "--flavor",
+                "cpu",
+                "--host",
+                str(HOSTS / "h100.json"),
+                "--local",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         candidates = {c["name"]: c for c in json.loads(result.stdout)["candidates"]}
         local = candidates["torch-2.13-cpu@cudabox-test/pulled-torch:1"]

@@ -106,8 +106,16 @@ def test_h100_and_gtx1080_explicitly() -> None:
 
 def test_the_admitted_capabilities_are_those_with_sass_or_ptx() -> None:
     assert admitted_ccs(CATALOG.get("torch-2.15-cu132")) == {
-        (7, 5), (8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (10, 3), (12, 0), (12, 1),
-    }  # fmt: skip
+        (7, 5),
+        (8, 0),
+        (8, 6),
+        (8, 9),
+        (9, 0),
+        (10, 0),
+        (10, 3),
+        (12, 0),
+        (12, 1),
+    }
     # PTX (compute_90) reaches every later capability, Tegra Thor included; SASS skips Orin (8.7).
     tf = admitted_ccs(CATALOG.get("tf-2.21-cu125"))
     assert {(9, 0), (10, 0), (11, 0), (12, 1)} <= tf

@@ -404,8 +404,15 @@ def test_refusals() -> None:
 
 def test_shm_quantity_reads_docker_sizes() -> None:
     assert [shm_quantity(s) for s in ("4g", "4G", "4gb", "512m", "1.5g", "64k", "1024", "100")] == [
-        "4Gi", "4Gi", "4Gi", "512Mi", "1536Mi", "64Ki", "1Ki", "100",
-    ]  # fmt: skip
+        "4Gi",
+        "4Gi",
+        "4Gi",
+        "512Mi",
+        "1536Mi",
+        "64Ki",
+        "1Ki",
+        "100",
+    ]
     for bad in ("", "4x", "-1g", "0", "0.5"):
         with pytest.raises(UsageError):
             shm_quantity(bad)

@@ -107,8 +107,11 @@ def test_skopeo_reads_the_same_labels_and_digest(
     def skopeo(*args: str) -> Any:
         result = subprocess.run(
             ["skopeo", "inspect", "--tls-verify=false", *args, ref],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         return json.loads(result.stdout)
 
     config = skopeo("--config")

@@ -104,8 +104,11 @@ def skopeo(*args: str) -> Any:
         pytest.fail("skopeo is not installed (`apt-get install skopeo`)")
     done = subprocess.run(
         ["skopeo", "inspect", "--tls-verify=false", *args],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return json.loads(done.stdout)
 
 
@@ -312,9 +315,16 @@ def test_a_host_without_the_image_chooses_in_the_registry_then_pulls_and_runs_th
     # select: judged from the labels, answered with the digest, nothing pulled.
     mark = own_registry.mark()
     ran = cudabox(
-        "select", "--framework", "torch", "--flavor", "cpu", "--registry", repo, "--json",
+        "select",
+        "--framework",
+        "torch",
+        "--flavor",
+        "cpu",
+        "--registry",
+        repo,
+        "--json",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert ran.code == 0, ran.err
     assert ran.json()["selected"]["tag"] == pinned
     read = own_registry.requests_since(mark)
@@ -325,10 +335,18 @@ def test_a_host_without_the_image_chooses_in_the_registry_then_pulls_and_runs_th
     # run: pulls exactly that digest (progress as plain lines: stderr is not a terminal).
     mark = own_registry.mark()
     ran = cudabox(
-        "run", "--cpu", "--registry", repo, "--label", TEST_LABEL,
-        "--", "python", "-c", "import torch; print(torch.__version__)",
+        "run",
+        "--cpu",
+        "--registry",
+        repo,
+        "--label",
+        TEST_LABEL,
+        "--",
+        "python",
+        "-c",
+        "import torch; print(torch.__version__)",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert ran.code == 0, ran.err
     assert ran.out.strip() == "2.13.0+cpu"
     assert "\r" not in ran.err
@@ -444,10 +462,19 @@ def test_wrong_credentials_for_a_tls_registry_exit_8(
             json.dumps({"auths": {tls_registry.host: {"auth": login}}})
         )
         return cudabox(
-            "select", "--framework", "torch", "--flavor", "cpu", "--registry", repo,
-            "--registry-ca", str(tls_registry.ca), "--json",
-            cwd=tmp_path, env={"DOCKER_CONFIG": str(config)},
-        )  # fmt: skip
+            "select",
+            "--framework",
+            "torch",
+            "--flavor",
+            "cpu",
+            "--registry",
+            repo,
+            "--registry-ca",
+            str(tls_registry.ca),
+            "--json",
+            cwd=tmp_path,
+            env={"DOCKER_CONFIG": str(config)},
+        )
 
     try:
         select_as("not-the-password").assert_error(8, f"user {USERNAME!r}", "docker login")

@@ -40,7 +40,7 @@ DIGEST = "sha256:" + "ab" * 32
         ("reg.io/a:t@" + DIGEST, "reg.io", "a", "t", DIGEST),
         ("[::1]:5000/a", "[::1]:5000", "a", "latest", None),
     ],
-)  # fmt: skip
+)
 def test_references_parse_as_docker_does(
     text: str, registry: str, repository: str, tag: str | None, digest: str | None
 ) -> None:

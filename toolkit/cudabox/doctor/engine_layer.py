@@ -88,11 +88,13 @@ def _cdi_spec(view: EngineDescription, host: HostProfile) -> Check:
     driver = host.driver_version
     if driver is None:
         return check(
-            cid, LAYER, "warn",
+            cid,
+            LAYER,
+            "warn",
             f"{specs[0].path} describes NVIDIA GPUs but this host has no working driver",
             fix="remove the spec, or install the driver and regenerate it: "
             f"`sudo nvidia-ctk cdi generate --output={specs[0].path}`",
-        )  # fmt: skip
+        )
     host_uuids = {g.uuid for g in host.gpus if g.uuid}
     for spec in specs:
         regenerate = f"`sudo nvidia-ctk cdi generate --output={spec.path}` (the driver changed since it was written)"

@@ -31,10 +31,26 @@ TOLERANCE = {"fp32": 8 * 2**-24 * math.sqrt(MATMUL_K), "tf32": 4 * 2**-11, "bf16
 CONV_TOLERANCE = 1e-3
 
 
-def _check(id: str, status: str, message: str, value: Any = None, expected: Any = None,
-           unit: str | None = None, fix: str | None = None, layer: str = LAYER) -> dict[str, Any]:  # fmt: skip
-    return {"id": id, "layer": layer, "status": status, "value": value, "expected": expected,
-            "unit": unit, "message": message, "fix": fix if status != "pass" else None}  # fmt: skip
+def _check(
+    id: str,
+    status: str,
+    message: str,
+    value: Any = None,
+    expected: Any = None,
+    unit: str | None = None,
+    fix: str | None = None,
+    layer: str = LAYER,
+) -> dict[str, Any]:
+    return {
+        "id": id,
+        "layer": layer,
+        "status": status,
+        "value": value,
+        "expected": expected,
+        "unit": unit,
+        "message": message,
+        "fix": fix if status != "pass" else None,
+    }
 
 
 def _say(text: str) -> None:
@@ -47,8 +63,14 @@ def _timed(checks: list[dict[str, Any]], fn: Callable[[], list[dict[str, Any]]])
         found = fn()
     except Exception as exc:  # a check that crashes is a failing check, not a crashed doctor
         name = getattr(fn, "__name__", "check").strip("_")
-        found = [_check(f"framework.{name}", "fail", f"{type(exc).__name__}: {exc}",
-                        fix="read the error; it came from the framework itself")]  # fmt: skip
+        found = [
+            _check(
+                f"framework.{name}",
+                "fail",
+                f"{type(exc).__name__}: {exc}",
+                fix="read the error; it came from the framework itself",
+            )
+        ]
     seconds = round(time.perf_counter() - start, 3)
     for item in found:
         item["duration_s"] = seconds if len(found) == 1 else None
@@ -71,12 +93,19 @@ def torch_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
     try:
         import torch as torch_module
     except Exception as exc:
-        checks.append(_check("framework.import", "fail", f"import torch failed: {exc}",
-                             fix="install torch in this environment, or use a cudabox image"))  # fmt: skip
+        checks.append(
+            _check(
+                "framework.import",
+                "fail",
+                f"import torch failed: {exc}",
+                fix="install torch in this environment, or use a cudabox image",
+            )
+        )
         return {"checks": checks, "measurements": measurements, "versions": {}, "gpus": []}
     torch: Any = torch_module  # used untyped, like every framework call in this file
-    checks.append(_check("framework.import", "pass", f"torch {torch.__version__} imports",
-                         torch.__version__))  # fmt: skip
+    checks.append(
+        _check("framework.import", "pass", f"torch {torch.__version__} imports", torch.__version__)
+    )
     checks[-1]["duration_s"] = round(time.perf_counter() - start, 3)
     _say(f"pass  framework.import: torch {torch.__version__}")
     versions = {
@@ -100,8 +129,14 @@ def torch_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
         for index in range(count):
             props = torch.cuda.get_device_properties(index)
             uuid = str(getattr(props, "uuid", "") or "")
-            gpus.append({"index": index, "name": props.name, "uuid": f"GPU-{uuid}" if uuid and not uuid.startswith("GPU-") else uuid or None,
-                         "compute_capability": f"{props.major}.{props.minor}"})  # fmt: skip
+            gpus.append(
+                {
+                    "index": index,
+                    "name": props.name,
+                    "uuid": f"GPU-{uuid}" if uuid and not uuid.startswith("GPU-") else uuid or None,
+                    "compute_capability": f"{props.major}.{props.minor}",
+                }
+            )
         for index in range(count):
             _timed(checks, lambda i=index: _torch_gpu_matmuls(torch, i))  # type: ignore[misc]
             _timed(checks, lambda i=index: [_torch_conv(torch, i)])  # type: ignore[misc]
@@ -113,10 +148,15 @@ def torch_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
                     try:
                         found = fn(torch, index, perf_seconds)
                     except Exception as exc:
-                        found = {"id": f"perf.{fn.__name__.removeprefix('_perf_')}.gpu{index}",
-                                 "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
-                    found.update(gpu_index=index, gpu_uuid=gpus[index]["uuid"],
-                                 duration_s=round(time.perf_counter() - start, 3))  # fmt: skip
+                        found = {
+                            "id": f"perf.{fn.__name__.removeprefix('_perf_')}.gpu{index}",
+                            "error": f"{type(exc).__name__}: {exc}",
+                        }
+                    found.update(
+                        gpu_index=index,
+                        gpu_uuid=gpus[index]["uuid"],
+                        duration_s=round(time.perf_counter() - start, 3),
+                    )
                     measurements.append(found)
                     shown = found.get("error") or f"{found.get('value')} {found.get('unit')}"
                     _say(f"meas  {found['id']}: {shown}")
@@ -134,10 +174,14 @@ def _torch_cpu_matmul(torch: Any) -> dict[str, Any]:
     err = rel_error((a @ b).double(), a.double() @ b.double())
     tol = TOLERANCE["fp32"]
     ok = err <= tol
-    return _check("framework.matmul.cpu", "pass" if ok else "fail",
-                  f"fp32 matmul on the CPU is off by {err:.2e} from float64 (tolerance {tol:.1e})",
-                  float(f"{err:.3e}"), float(f"{tol:.3e}"),
-                  fix="the CPU math library gives wrong results: reinstall the framework")  # fmt: skip
+    return _check(
+        "framework.matmul.cpu",
+        "pass" if ok else "fail",
+        f"fp32 matmul on the CPU is off by {err:.2e} from float64 (tolerance {tol:.1e})",
+        float(f"{err:.3e}"),
+        float(f"{tol:.3e}"),
+        fix="the CPU math library gives wrong results: reinstall the framework",
+    )
 
 
 def _torch_cuda_init(torch: Any, built_for_cuda: bool) -> dict[str, Any]:
@@ -148,9 +192,13 @@ def _torch_cuda_init(torch: Any, built_for_cuda: bool) -> dict[str, Any]:
         available = torch.cuda.is_available()
         count = torch.cuda.device_count()
     except Exception as exc:
-        return _check(cid, "fail", f"CUDA failed to initialise: {exc}",
-                      fix="see host.* and container.* checks; the driver must support CUDA "
-                      f"{torch.version.cuda}")  # fmt: skip
+        return _check(
+            cid,
+            "fail",
+            f"CUDA failed to initialise: {exc}",
+            fix="see host.* and container.* checks; the driver must support CUDA "
+            f"{torch.version.cuda}",
+        )
     if not available or count == 0:
         # is_available() hides the reason; asking for a device raises the driver's own words.
         try:
@@ -196,12 +244,17 @@ def _torch_gpu_matmuls(torch: Any, index: int) -> list[dict[str, Any]]:
             err = rel_error(out.double().cpu(), reference)
             tol = TOLERANCE[dtype]
             ok = math.isfinite(err) and err <= tol
-            results.append(_check(
-                cid, "pass" if ok else "fail",
-                f"{dtype} matmul is off by {err:.2e} from the float64 reference (tolerance {tol:.1e})",
-                float(f"{err:.3e}"), float(f"{tol:.3e}"),
-                fix="wrong GPU arithmetic: check host.ecc and host.clocks, run `dcgmi diag -r 3`, "
-                "and make sure the image's framework build supports this GPU"))  # fmt: skip
+            results.append(
+                _check(
+                    cid,
+                    "pass" if ok else "fail",
+                    f"{dtype} matmul is off by {err:.2e} from the float64 reference (tolerance {tol:.1e})",
+                    float(f"{err:.3e}"),
+                    float(f"{tol:.3e}"),
+                    fix="wrong GPU arithmetic: check host.ecc and host.clocks, run `dcgmi diag -r 3`, "
+                    "and make sure the image's framework build supports this GPU",
+                )
+            )
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
     return results
@@ -210,8 +263,12 @@ def _torch_gpu_matmuls(torch: Any, index: int) -> list[dict[str, Any]]:
 def _torch_conv(torch: Any, index: int) -> dict[str, Any]:
     cid = f"framework.cudnn_conv.gpu{index}"
     if not torch.backends.cudnn.is_available():
-        return _check(cid, "fail", "cuDNN is not available to torch",
-                      fix="use an image whose torch ships cuDNN (every cudabox CUDA image does)")  # fmt: skip
+        return _check(
+            cid,
+            "fail",
+            "cuDNN is not available to torch",
+            fix="use an image whose torch ships cuDNN (every cudabox CUDA image does)",
+        )
     import torch.nn.functional as F  # noqa: N812
 
     gen = torch.Generator().manual_seed(index)
@@ -227,10 +284,14 @@ def _torch_conv(torch: Any, index: int) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32 = saved
     err = rel_error(out.double().cpu(), reference)
     ok = math.isfinite(err) and err <= CONV_TOLERANCE
-    return _check(cid, "pass" if ok else "fail",
-                  f"cuDNN {torch.backends.cudnn.version()} convolution is off by {err:.2e} (tolerance {CONV_TOLERANCE:.0e})",
-                  float(f"{err:.3e}"), CONV_TOLERANCE,
-                  fix="cuDNN gives wrong results: check that the image's cuDNN matches its CUDA")  # fmt: skip
+    return _check(
+        cid,
+        "pass" if ok else "fail",
+        f"cuDNN {torch.backends.cudnn.version()} convolution is off by {err:.2e} (tolerance {CONV_TOLERANCE:.0e})",
+        float(f"{err:.3e}"),
+        CONV_TOLERANCE,
+        fix="cuDNN gives wrong results: check that the image's cuDNN matches its CUDA",
+    )
 
 
 def _torch_nccl(torch: Any, count: int) -> dict[str, Any]:
@@ -248,11 +309,15 @@ def _torch_nccl(torch: Any, count: int) -> dict[str, Any]:
     want = count * (count + 1) / 2
     got = [float(t[0].item()) for t in tensors]
     exact = all(float(t.min()) == want == float(t.max()) for t in tensors)
-    return _check(cid, "pass" if exact else "fail",
-                  f"NCCL all-reduce over {count} GPUs: {'every GPU holds' if exact else 'got'} {got[0] if exact else got}",
-                  got[0], want,
-                  fix="check the GPU interconnect: `nvidia-smi topo -m`, NVLink/NVSwitch health "
-                  "(`nvidia-smi nvlink -s`), and NCCL_DEBUG=INFO output")  # fmt: skip
+    return _check(
+        cid,
+        "pass" if exact else "fail",
+        f"NCCL all-reduce over {count} GPUs: {'every GPU holds' if exact else 'got'} {got[0] if exact else got}",
+        got[0],
+        want,
+        fix="check the GPU interconnect: `nvidia-smi topo -m`, NVLink/NVSwitch health "
+        "(`nvidia-smi nvlink -s`), and NCCL_DEBUG=INFO output",
+    )
 
 
 def _bench(torch: Any, index: int, fn: Callable[[], Any], seconds: float) -> float:
@@ -289,8 +354,12 @@ def _perf_matmul(
             per_call = _bench(torch, index, lambda: a @ b, seconds)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = saved
-    return {"id": f"perf.{name}.gpu{index}", "value": round(2 * n**3 / per_call / 1e12, 1),
-            "unit": "TFLOP/s", "detail": f"{n}x{n}x{n} on random data"}  # fmt: skip
+    return {
+        "id": f"perf.{name}.gpu{index}",
+        "value": round(2 * n**3 / per_call / 1e12, 1),
+        "unit": "TFLOP/s",
+        "detail": f"{n}x{n}x{n} on random data",
+    }
 
 
 def _perf_matmul_bf16(torch: Any, index: int, seconds: float) -> dict[str, Any]:
@@ -319,8 +388,12 @@ def _perf_memory(torch: Any, index: int, seconds: float) -> dict[str, Any]:
         src = torch.empty(size, dtype=torch.uint8, device=f"cuda:{index}")
         dst = torch.empty_like(src)
         per_call = _bench(torch, index, lambda: dst.copy_(src), seconds)
-    return {"id": f"perf.mem_bandwidth.gpu{index}", "value": round(2 * size / per_call / 1e9, 1),
-            "unit": "GB/s", "detail": "device-to-device copy of 1 GiB, bytes read plus written"}  # fmt: skip
+    return {
+        "id": f"perf.mem_bandwidth.gpu{index}",
+        "value": round(2 * size / per_call / 1e9, 1),
+        "unit": "GB/s",
+        "detail": "device-to-device copy of 1 GiB, bytes read plus written",
+    }
 
 
 def _perf_h2d(torch: Any, index: int, seconds: float) -> dict[str, Any]:
@@ -329,8 +402,12 @@ def _perf_h2d(torch: Any, index: int, seconds: float) -> dict[str, Any]:
         host = torch.empty(size, dtype=torch.uint8).pin_memory()
         dev = torch.empty(size, dtype=torch.uint8, device=f"cuda:{index}")
         per_call = _bench(torch, index, lambda: dev.copy_(host, non_blocking=True), seconds)
-    return {"id": f"perf.h2d_bandwidth.gpu{index}", "value": round(size / per_call / 1e9, 1),
-            "unit": "GB/s", "detail": "pinned host-to-device copy of 256 MiB"}  # fmt: skip
+    return {
+        "id": f"perf.h2d_bandwidth.gpu{index}",
+        "value": round(size / per_call / 1e9, 1),
+        "unit": "GB/s",
+        "detail": "pinned host-to-device copy of 256 MiB",
+    }
 
 
 # --- tensorflow --------------------------------------------------------------------------------
@@ -343,16 +420,26 @@ def tensorflow_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
         import numpy as np
         import tensorflow as tf
     except Exception as exc:
-        checks.append(_check("framework.import", "fail", f"import tensorflow failed: {exc}",
-                             fix="install tensorflow in this environment, or use a cudabox image"))  # fmt: skip
+        checks.append(
+            _check(
+                "framework.import",
+                "fail",
+                f"import tensorflow failed: {exc}",
+                fix="install tensorflow in this environment, or use a cudabox image",
+            )
+        )
         return {"checks": checks, "measurements": [], "versions": {}, "gpus": []}
     checks.append(
         _check("framework.import", "pass", f"tensorflow {tf.__version__} imports", tf.__version__)
     )
     checks[-1]["duration_s"] = round(time.perf_counter() - start, 3)
     build = dict(tf.sysconfig.get_build_info())
-    versions = {"framework": f"tensorflow {tf.__version__}", "framework_cuda": build.get("cuda_version"),
-                "cudnn": build.get("cudnn_version"), "python": platform.python_version()}  # fmt: skip
+    versions = {
+        "framework": f"tensorflow {tf.__version__}",
+        "framework_cuda": build.get("cuda_version"),
+        "cudnn": build.get("cudnn_version"),
+        "python": platform.python_version(),
+    }
     rng = np.random.default_rng(0)
     a = rng.standard_normal((256, MATMUL_K)).astype(np.float32)
     b = rng.standard_normal((MATMUL_K, 256)).astype(np.float32)
@@ -366,9 +453,16 @@ def tensorflow_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
     with tf.device("/CPU:0"):
         err = err_of(tf.matmul(a, b))
     tol = TOLERANCE["fp32"]
-    checks.append(_check("framework.matmul.cpu", "pass" if err <= tol else "fail",
-                         f"fp32 matmul on the CPU is off by {err:.2e} (tolerance {tol:.1e})",
-                         float(f"{err:.3e}"), float(f"{tol:.3e}"), fix="reinstall tensorflow"))  # fmt: skip
+    checks.append(
+        _check(
+            "framework.matmul.cpu",
+            "pass" if err <= tol else "fail",
+            f"fp32 matmul on the CPU is off by {err:.2e} (tolerance {tol:.1e})",
+            float(f"{err:.3e}"),
+            float(f"{tol:.3e}"),
+            fix="reinstall tensorflow",
+        )
+    )
     devices = tf.config.list_physical_devices("GPU")
     gpus = [{"index": i, "name": d.name, "uuid": None} for i, d in enumerate(devices)]
     if not build.get("is_cuda_build"):
@@ -384,10 +478,16 @@ def tensorflow_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
         for i in range(len(devices)):
             with tf.device(f"/GPU:{i}"):
                 err = err_of(tf.matmul(a, b))
-            checks.append(_check(f"framework.matmul.fp32.gpu{i}", "pass" if err <= tol else "fail",
-                                 f"fp32 matmul is off by {err:.2e} (tolerance {tol:.1e})",
-                                 float(f"{err:.3e}"), float(f"{tol:.3e}"),
-                                 fix="wrong GPU arithmetic: check host.ecc and host.clocks"))  # fmt: skip
+            checks.append(
+                _check(
+                    f"framework.matmul.fp32.gpu{i}",
+                    "pass" if err <= tol else "fail",
+                    f"fp32 matmul is off by {err:.2e} (tolerance {tol:.1e})",
+                    float(f"{err:.3e}"),
+                    float(f"{tol:.3e}"),
+                    fix="wrong GPU arithmetic: check host.ecc and host.clocks",
+                )
+            )
     for item in checks:
         _say(f"{item['status']:4}  {item['id']}: {item['message']}")
     return {"checks": checks, "measurements": [], "versions": versions, "gpus": gpus}

@@ -130,8 +130,14 @@ def judge(
     unit = str(measurement.get("unit") or UNITS.get(metric, ""))
     if measurement.get("error"):
         status: Status = "skip" if measurement.get("unsupported") else "fail"
-        return check(cid, LAYER, status, str(measurement["error"]), unit=unit,
-                     fix="read the error; it came from the framework")  # fmt: skip
+        return check(
+            cid,
+            LAYER,
+            status,
+            str(measurement["error"]),
+            unit=unit,
+            fix="read the error; it came from the framework",
+        )
     value = float(measurement["value"])
     if metric == "h2d_bandwidth":
         return _judge_h2d(cid, value, unit, gpu)
@@ -140,9 +146,16 @@ def judge(
     pci = gpu.pci_device_id if gpu else None
     want = table.expect(pci, metric)
     if want is None:
-        return check(cid, LAYER, "skip",
-                     f"measured {value:g} {unit}; no expected value for {model} ({pci or 'unknown PCI id'}) "
-                     "in data/gpu_perf.toml, so no verdict", value, None, unit=unit)  # fmt: skip
+        return check(
+            cid,
+            LAYER,
+            "skip",
+            f"measured {value:g} {unit}; no expected value for {model} ({pci or 'unknown PCI id'}) "
+            "in data/gpu_perf.toml, so no verdict",
+            value,
+            None,
+            unit=unit,
+        )
     basis = (
         f"measured on a healthy {model} ({want.source})"
         if want.basis == "measured"
@@ -178,9 +191,15 @@ def link_expectation(gpu: GpuHealth | None) -> tuple[float, str] | None:
 def _judge_h2d(cid: str, value: float, unit: str, gpu: GpuHealth | None) -> Check:
     link = link_expectation(gpu)
     if link is None:
-        return check(cid, LAYER, "skip",
-                     f"measured {value:g} {unit}; the PCIe link is not reported, so no verdict",
-                     value, None, unit=unit)  # fmt: skip
+        return check(
+            cid,
+            LAYER,
+            "skip",
+            f"measured {value:g} {unit}; the PCIe link is not reported, so no verdict",
+            value,
+            None,
+            unit=unit,
+        )
     expected, name = link
     ratio = value / expected
     text = (

@@ -191,16 +191,29 @@ class Doctor:
         with_gpus = bool(profile.gpus) and gpus.status == "pass"
         result, why = container_layer.run_script(engine, image, args, with_gpus, SCRIPT_TIMEOUT)
         if result is None:
-            self.add(check("framework.run", "framework", "fail", why,
-                           fix=f"run `cudabox run --image {image.name} -- python -c 'import {image.framework}'` to see the error"))  # fmt: skip
+            self.add(
+                check(
+                    "framework.run",
+                    "framework",
+                    "fail",
+                    why,
+                    fix=f"run `cudabox run --image {image.name} -- python -c 'import {image.framework}'` to see the error",
+                )
+            )
         return result, why
 
     def _here_script(self) -> dict[str, Any] | None:
         self.layer("framework")
         command = [
-            sys.executable, "-m", "cudabox.doctor.gpu_checks", "--json",
-            "--framework", self.options.framework, "--perf-seconds", str(self.options.perf_seconds),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "cudabox.doctor.gpu_checks",
+            "--json",
+            "--framework",
+            self.options.framework,
+            "--perf-seconds",
+            str(self.options.perf_seconds),
+        ]
         started = time.perf_counter()
         try:
             done = subprocess.run(
@@ -212,8 +225,16 @@ class Doctor:
             reason = str(exc)
         if result is None:
             reason = (done.stderr.strip().splitlines() or ["no output"])[-1] if done else reason
-            self.add(check("framework.run", "framework", "fail", f"the framework checks crashed: {reason}",
-                           fix=f"run `{' '.join(command[:3])}` to see the error"), started)  # fmt: skip
+            self.add(
+                check(
+                    "framework.run",
+                    "framework",
+                    "fail",
+                    f"the framework checks crashed: {reason}",
+                    fix=f"run `{' '.join(command[:3])}` to see the error",
+                ),
+                started,
+            )
         return result
 
     def _framework_and_perf(

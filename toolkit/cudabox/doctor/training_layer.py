@@ -32,9 +32,12 @@ def judge(
     tail = " | ".join(output.strip().splitlines()[-3:]) or "no output"
     if metrics is None:
         return check(
-            CID, LAYER, "fail", f"the smoke workload ({where}) exited {exit_code} without metrics: {tail}",
+            CID,
+            LAYER,
+            "fail",
+            f"the smoke workload ({where}) exited {exit_code} without metrics: {tail}",
             fix="run it by hand to see the error: `python -m cudabox.workloads.torch_smoke`",
-        )  # fmt: skip
+        )
     loss = metrics.get("final_loss")
     rate = metrics.get("samples_per_s")
     device = f"{metrics.get('device_name', '?')}, {metrics.get('precision', '?')}"
@@ -42,14 +45,26 @@ def judge(
     value = round(float(loss), 4) if isinstance(loss, int | float) else None
     expected = (metrics.get("thresholds") or {}).get("max_loss")
     if exit_code == 0 and metrics.get("passed"):
-        return check(CID, LAYER, "pass", f"learned on {device} ({where}): held-out loss {value}{speed}",
-                     value, f"<{expected}", unit="loss")  # fmt: skip
+        return check(
+            CID,
+            LAYER,
+            "pass",
+            f"learned on {device} ({where}): held-out loss {value}{speed}",
+            value,
+            f"<{expected}",
+            unit="loss",
+        )
     return check(
-        CID, LAYER, "fail", f"did not learn on {device} ({where}): held-out loss {value}{speed}; {tail}",
-        value, f"<{expected}", unit="loss",
+        CID,
+        LAYER,
+        "fail",
+        f"did not learn on {device} ({where}): held-out loss {value}{speed}; {tail}",
+        value,
+        f"<{expected}",
+        unit="loss",
         fix="a setup that computes but does not learn points at wrong arithmetic: see the framework.matmul "
         "checks and host.ecc",
-    )  # fmt: skip
+    )
 
 
 def train_here(framework: str, timeout: float) -> Check:
@@ -61,8 +76,13 @@ def train_here(framework: str, timeout: float) -> Check:
                 command, capture_output=True, text=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired:
-            return check(CID, LAYER, "fail", f"the smoke workload ran past {timeout:.0f} s",
-                         fix="run it by hand to see where it stalls")  # fmt: skip
+            return check(
+                CID,
+                LAYER,
+                "fail",
+                f"the smoke workload ran past {timeout:.0f} s",
+                fix="run it by hand to see where it stalls",
+            )
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
         return judge(done.returncode, metrics, done.stdout + done.stderr, "here")
 
@@ -91,6 +111,11 @@ def train_in_image(engine: ContainerEngine, spec: ImageSpec, gpus: bool, timeout
             metrics = None
     where = f"in {spec.name}"
     if outcome.timed_out:
-        return check(CID, LAYER, "fail", f"the smoke workload ran past {timeout:.0f} s {where}",
-                     fix="run it by hand: `cudabox run -- python -m cudabox.workloads.torch_smoke`")  # fmt: skip
+        return check(
+            CID,
+            LAYER,
+            "fail",
+            f"the smoke workload ran past {timeout:.0f} s {where}",
+            fix="run it by hand: `cudabox run -- python -m cudabox.workloads.torch_smoke`",
+        )
     return judge(outcome.exit_code, metrics, text.split(METRICS_MARKER)[0], where)
