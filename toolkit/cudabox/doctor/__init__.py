@@ -68,4 +68,3 @@ def render_summary(report: DoctorReport) -> str:
         if c.fix:
             lines.append(f"       fix: {c.fix}")
     return "\n".join(lines)
-
