@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from cudabox.errors import UsageError
-from cudabox.output import read_json
+from cudabox.output import JsonFields, read_json, shown
 from cudabox.versions import CudaVersion, DriverVersion, parse_cc
 
 SCHEMA_VERSION = 1
@@ -109,7 +108,7 @@ class HostProfile:
             raise UsageError(
                 f"{where} is not a JSON object", "pass the output of `cudabox probe --json`"
             )
-        read = _Reader(data, where)
+        read = JsonFields(data, where, _REGENERATE)
         if "schema" not in data:
             raise UsageError(
                 f"{where} is not a host profile: it has no 'schema' key",
@@ -118,7 +117,7 @@ class HostProfile:
         schema = data["schema"]
         if type(schema) is not int or not 1 <= schema <= SCHEMA_VERSION:
             raise UsageError(
-                f"{where} has host profile schema {_show(schema)}; this cudabox reads schema "
+                f"{where} has host profile schema {shown(schema)}; this cudabox reads schema "
                 f"{SCHEMA_VERSION}",
                 _REGENERATE,
             )
@@ -175,68 +174,10 @@ _PCI_ID_RE = re.compile(r"^0x[0-9A-Fa-f]{8}$")
 T = TypeVar("T")
 
 
-class _Reader:
-    """Typed reads of one JSON object; a wrong value is a UsageError naming file and key."""
-
-    def __init__(self, data: dict[str, Any], where: str, prefix: str = "") -> None:
-        self.data, self.where, self.prefix = data, where, prefix
-
-    def fail(self, key: str, problem: str) -> NoReturn:
-        value = self.data.get(key)
-        raise UsageError(
-            f"{self.where}: {self.prefix}{key} {problem}, got {_show(value)}", _REGENERATE
-        )
-
-    def text(self, key: str) -> str | None:
-        value = self.data.get(key)
-        if value is not None and not isinstance(value, str):
-            self.fail(key, "must be text or null")
-        return value
-
-    def parsed(self, key: str, parse: Callable[[str], T]) -> T:
-        value = self.data[key]
-        try:
-            return parse(value)
-        except ValueError as exc:
-            raise UsageError(f"{self.where}: {self.prefix}{key}: {exc}", _REGENERATE) from None
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            self.fail(key, "must be true or false")
-        return value
-
-    def count(self, key: str) -> int | None:
-        """A whole number >= 0 (MiB) or null; booleans and 1.0 are not counts."""
-        value = self.data.get(key)
-        if value is not None and (type(value) is not int or value < 0):
-            self.fail(key, "must be a whole number >= 0")
-        return value
-
-    def index(self, key: str) -> int:
-        value = self.count(key)
-        if value is None:
-            self.fail(key, "must be a whole number >= 0")
-        return value
-
-    def items(self, key: str, required: bool = False) -> list[Any]:
-        value = self.data.get(key)
-        if value is None and not required:
-            return []
-        if not isinstance(value, list):
-            self.fail(key, "must be a list")
-        return value
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, default=repr)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _gpu_from_json(data: Any, prefix: str, where: str) -> Gpu:
     if not isinstance(data, dict):
-        raise UsageError(f"{where}: {prefix} must be an object, got {_show(data)}", _REGENERATE)
-    read = _Reader(data, where, prefix + ".")
+        raise UsageError(f"{where}: {prefix} must be an object, got {shown(data)}", _REGENERATE)
+    read = JsonFields(data, where, _REGENERATE, prefix + ".")
     for key in _GPU_REQUIRED_KEYS:
         if key not in data:
             raise UsageError(f"{where}: {prefix} has no {key!r} key", _REGENERATE)
@@ -251,9 +192,9 @@ def _gpu_from_json(data: Any, prefix: str, where: str) -> Gpu:
         mig_prefix = f"{prefix}.mig_devices[{n}]"
         if not isinstance(item, dict):
             raise UsageError(
-                f"{where}: {mig_prefix} must be an object, got {_show(item)}", _REGENERATE
+                f"{where}: {mig_prefix} must be an object, got {shown(item)}", _REGENERATE
             )
-        mig = _Reader(item, where, mig_prefix + ".")
+        mig = JsonFields(item, where, _REGENERATE, mig_prefix + ".")
         uuid = mig.text("uuid")
         if uuid is None:
             mig.fail("uuid", "must be text")

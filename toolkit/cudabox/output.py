@@ -12,11 +12,13 @@ import math
 import os
 import stat
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from cudabox.errors import CudaboxError, DiskFull, UsageError
+
+T = TypeVar("T")
 
 # Host profiles and doctor reports are kilobytes; the bound keeps /dev/zero-like inputs finite.
 MAX_INPUT_BYTES = 16 * 1024 * 1024
@@ -308,3 +310,63 @@ def _write_error(exc: OSError, what: str, path: Path) -> CudaboxError:
         f"cannot write the {what} to {path}: {reason.get(exc.errno or 0, exc.strerror)}",
         "choose a path in a folder you can write to",
     )
+
+
+class JsonFields:
+    """Typed reads of one JSON object a user gave; a wrong value is a UsageError naming the
+    file and the key, with `fix` (how that file is made again)."""
+
+    def __init__(self, data: dict[str, Any], where: str, fix: str, prefix: str = "") -> None:
+        self.data, self.where, self.fix, self.prefix = data, where, fix, prefix
+
+    def fail(self, key: str, problem: str) -> NoReturn:
+        value = self.data.get(key)
+        raise UsageError(
+            f"{self.where}: {self.prefix}{key} {problem}, got {shown(value)}", self.fix
+        )
+
+    def text(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, str):
+            self.fail(key, "must be text or null")
+        return value
+
+    def parsed(self, key: str, parse: Callable[[str], T]) -> T:
+        value = self.data[key]
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise UsageError(f"{self.where}: {self.prefix}{key}: {exc}", self.fix) from None
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, "must be true or false")
+        return value
+
+    def count(self, key: str) -> int | None:
+        """A whole number >= 0 (MiB) or null; booleans and 1.0 are not counts."""
+        value = self.data.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            self.fail(key, "must be a whole number >= 0")
+        return value
+
+    def index(self, key: str) -> int:
+        value = self.count(key)
+        if value is None:
+            self.fail(key, "must be a whole number >= 0")
+        return value
+
+    def items(self, key: str, required: bool = False) -> list[Any]:
+        value = self.data.get(key)
+        if value is None and not required:
+            return []
+        if not isinstance(value, list):
+            self.fail(key, "must be a list")
+        return value
+
+
+def shown(value: Any) -> str:
+    """A value as JSON, cut short, for an error message."""
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."

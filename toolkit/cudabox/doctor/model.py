@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cudabox.errors import ExitCode, UsageError
-from cudabox.host import HostProfile, _Reader, _show
+from cudabox.host import HostProfile
 from cudabox.images.catalog import FRAMEWORKS
-from cudabox.output import read_json
+from cudabox.output import JsonFields, read_json, shown
 
 SCHEMA_VERSION = 1
 KIND = "cudabox.doctor"
@@ -83,7 +83,7 @@ class Check:
             if not isinstance(data, dict):
                 raise UsageError(
                     f"{where}: {prefix.rstrip('.') or 'a check'} must be an object, "
-                    f"got {_show(data)}",
+                    f"got {shown(data)}",
                     _REGENERATE,
                 )
             for key in _CHECK_KEYS:
@@ -92,7 +92,7 @@ class Check:
                         f"{where}: {prefix.rstrip('.') or 'the check'} has no {key!r} key",
                         _REGENERATE,
                     )
-            read = _Reader(data, where, prefix)
+            read = JsonFields(data, where, _REGENERATE, prefix)
             cid = read.text("id")
             if not cid:
                 read.fail("id", "must be a check id (text)")
@@ -210,7 +210,7 @@ class DoctorReport:
             )
         if type(schema) is not int or schema < 1:
             raise UsageError(
-                f"{where} has doctor schema {_show(schema)}; this cudabox reads up to "
+                f"{where} has doctor schema {shown(schema)}; this cudabox reads up to "
                 f"{SCHEMA_VERSION}",
                 _REGENERATE,
             )
@@ -221,7 +221,7 @@ class DoctorReport:
                     f"{where} is not a complete doctor report: it has no {missing[0]!r} key",
                     _REGENERATE,
                 )
-            read = _Reader(data, where)
+            read = JsonFields(data, where, _REGENERATE)
             version = read.text("cudabox_version")
             if not version:
                 read.fail("cudabox_version", "must be a version (text)")
@@ -241,7 +241,7 @@ class DoctorReport:
             versions = data.get("versions", {})
             if not isinstance(versions, dict):
                 read.fail("versions", "must be an object")
-            found = _Reader(versions, where, "versions.")
+            found = JsonFields(versions, where, _REGENERATE, "versions.")
             items = read.items("checks", required=True)
             if not items:
                 read.fail("checks", "must list the checks the doctor ran")
@@ -281,7 +281,7 @@ def _as_report_error() -> Iterator[None]:
         raise UsageError(exc.message, _REGENERATE) from None
 
 
-def _value(read: _Reader, key: str) -> Value:
+def _value(read: JsonFields, key: str) -> Value:
     """A measured value: a number, a text, a flag or null (lists stay out of the table)."""
     value = read.data.get(key)
     if value is not None and not isinstance(value, int | float | str | bool):
