@@ -450,7 +450,7 @@ COMMANDS = (
     Command(
         "train",
         "run the smoke training workload (in its image, or --here)",
-        "cudabox.launch:cmd_train",
+        "cudabox.train:cmd_train",
         _train_args,
         "Train the smoke workload and print a summary; extra workload options after --.",
     ),
