@@ -68,6 +68,23 @@ def _created(container: Any) -> float:
 
 
 @pytest.fixture(scope="session")
+def base_image(docker_engine: Any) -> str:
+    """The images' base on this engine: the official one if there, else the local bootstrap
+    (`cudabox base` makes one of them, as CI's engine can pull nothing)."""
+    import subprocess
+    import sys
+
+    from cudabox.images.base import bootstrap_name
+    from cudabox.images.catalog import load_catalog
+
+    official = load_catalog().images[0].base_image
+    candidates = (official, bootstrap_name(official))
+    if not any(docker_engine.images.list(name=ref) for ref in candidates):
+        subprocess.run([sys.executable, "-m", "cudabox", "base"], check=True, timeout=900)
+    return next(ref for ref in candidates if docker_engine.images.list(name=ref))
+
+
+@pytest.fixture(scope="session")
 def catalog_image(docker_engine: Any) -> Iterator[Any]:
     """Factory: the real catalog image NAME, built once if the engine lacks it.
 

@@ -11,8 +11,6 @@ import argparse
 import base64
 import hashlib
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +26,6 @@ from cudabox.images.diff import cmd_diff
 pytestmark = [pytest.mark.docker]
 
 RUN_ID = uuid.uuid4().hex[:10]
-BASE_IMAGE = "python:3.11-slim-bookworm"
 SITE = "/opt/venv/lib/python3.11/site-packages"
 MARKER = "/etc/cudabox-diff-test.txt"
 LABELS = {"cudabox.test": "1"}
@@ -39,7 +36,7 @@ def _record_hash(data: bytes) -> str:
     return f"sha256={digest}"
 
 
-def _context(folder: Path, version: str, marker: str) -> Path:
+def _context(folder: Path, version: str, marker: str, base: str) -> Path:
     """A build context installing fakedist==VERSION as pip would, plus one marker file."""
     site = folder / "site-packages"
     package = site / "fakedist"
@@ -61,25 +58,22 @@ def _context(folder: Path, version: str, marker: str) -> Path:
     )
     (folder / "marker.txt").write_text(marker)
     (folder / "Dockerfile").write_text(
-        f"FROM {BASE_IMAGE}\nCOPY site-packages/ {SITE}/\nCOPY marker.txt {MARKER}\n"
+        f"FROM {base}\nCOPY site-packages/ {SITE}/\nCOPY marker.txt {MARKER}\n"
     )
     return folder
 
 
 @pytest.fixture(scope="module")
 def images(
-    docker_engine: Any, tmp_path_factory: pytest.TempPathFactory
+    docker_engine: Any, base_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
     """Tags of: a (fakedist 1.0, marker a), b (fakedist 1.1, marker b), a2 (a rebuilt)."""
     engine = Engine.connect()
-    if not engine.has_image(BASE_IMAGE):
-        # CI makes the base this way too (it bootstraps Debian where no registry answers).
-        subprocess.run([sys.executable, "-m", "cudabox", "base"], check=True, timeout=900)
     made: list[str] = []
     try:
         contexts = {
-            "a": _context(tmp_path_factory.mktemp("diff-a"), "1.0", "a\n"),
-            "b": _context(tmp_path_factory.mktemp("diff-b"), "1.1", "b\n"),
+            "a": _context(tmp_path_factory.mktemp("diff-a"), "1.0", "a\n", base_image),
+            "b": _context(tmp_path_factory.mktemp("diff-b"), "1.1", "b\n", base_image),
         }
         contexts["a2"] = contexts["a"]  # the rebuild: the same sources, built again from nothing
         tags = {}
@@ -100,7 +94,7 @@ def run_diff(a: str, b: str, capsys: pytest.CaptureFixture[str], as_json: bool) 
 
 
 def test_one_distribution_and_one_file_differ(
-    images: dict[str, str], capsys: pytest.CaptureFixture[str]
+    images: dict[str, str], base_image: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out = run_diff(images["a"], images["b"], capsys, as_json=True)
     report = json.loads(out)
@@ -120,7 +114,7 @@ def test_one_distribution_and_one_file_differ(
         }
     ]
     with Engine.connect() as engine:
-        base, info_a, info_b = (engine.image(r) for r in (BASE_IMAGE, images["a"], images["b"]))
+        base, info_a, info_b = (engine.image(r) for r in (base_image, images["a"], images["b"]))
     assert base is not None and info_a is not None and info_b is not None
     layers = report["layers"]
     # The base's layers are the shared chain; the two COPY layers of B are what a host fetches.
