@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,8 +235,12 @@ def test_skopeo_reads_the_labels_and_environment_that_were_published(
 # ---- a GPU host's view: choose in the registry, pull the digest, run ---------------------------
 
 
-def images_holding(docker_engine: Any, diff_id: str) -> list[str]:
-    """Every image on the engine (tagged or not) whose layers include `diff_id`."""
+def images_holding(docker_engine: Any, diff_ids: Sequence[str]) -> list[str]:
+    """Every image on the engine (tagged or not) whose layers start with the stack `diff_ids`.
+
+    A stack, not one layer: layers are reproducible, so another image (the TensorFlow CPU one)
+    may hold the very same top layer (cudabox's own files) over different layers below it.
+    """
     import docker.errors
 
     holders = []
@@ -245,7 +249,8 @@ def images_holding(docker_engine: Any, diff_id: str) -> list[str]:
             attrs = docker_engine.api.inspect_image(summary["Id"])
         except docker.errors.ImageNotFound:  # removed meanwhile (by another test)
             continue
-        if diff_id in ((attrs.get("RootFS") or {}).get("Layers") or []):
+        layers = (attrs.get("RootFS") or {}).get("Layers") or []
+        if layers[: len(diff_ids)] == list(diff_ids):
             holders.append(f"{summary['Id'][:19]} {summary.get('RepoTags') or ''}")
     return holders
 
@@ -308,8 +313,8 @@ def test_a_host_without_the_image_chooses_in_the_registry_then_pulls_and_runs_th
     tmp_path: Path,
 ) -> None:
     repo, pinned = published.repo, without_local_image
-    top = published.diff_ids[-1]
-    assert images_holding(docker_engine, top) == [], "the top layer is still on the engine"
+    stack = published.diff_ids
+    assert images_holding(docker_engine, stack) == [], "the image's layers are still on the engine"
     assert not docker_engine.images.list(name=f"{repo}/{NAME}")
 
     # select: judged from the labels, answered with the digest, nothing pulled.
@@ -330,7 +335,7 @@ def test_a_host_without_the_image_chooses_in_the_registry_then_pulls_and_runs_th
     read = own_registry.requests_since(mark)
     blobs = {r.uri.rsplit("/", 1)[1] for r in read if "/blobs/" in r.uri}
     assert blobs and not blobs & set(published.layer_digests), blobs  # the config only
-    assert images_holding(docker_engine, top) == []
+    assert images_holding(docker_engine, stack) == []
 
     # run: pulls exactly that digest (progress as plain lines: stderr is not a terminal).
     mark = own_registry.mark()
