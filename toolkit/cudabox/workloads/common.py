@@ -577,6 +577,14 @@ class Log:
     def result(self, message: str) -> None:
         print(message, flush=True)
 
+    def starting(self, device: str, details: str, config: Config, start_step: int) -> None:
+        """The line that opens training: where, how (`details`), and the run's shape."""
+        self.progress(
+            f"training on {device} ({details}): steps {start_step}..{config.steps}, "
+            f"batch {config.batch_size}, width {config.width}, depth {config.depth} "
+            f"({config.sizing} sizing), workers {config.workers}"
+        )
+
 
 class Throughput:
     """Samples/s over the steady state: the clock starts after `warmup` steps of this process.

@@ -307,11 +307,8 @@ def train(config: Config, world: World, log: Log, stop: StopRequest) -> int:
         return strategy.experimental_distribute_values_from_function(slice_for)
 
     replicas_text = f", {replicas} replicas" if replicas > 1 else ""
-    log.progress(
-        f"training on {name} ({precision}{', XLA' if config.compile else ''}{replicas_text}): "
-        f"steps {start_step}..{config.steps}, batch {config.batch_size}, "
-        f"width {config.width}, depth {config.depth} ({config.sizing} sizing), "
-        f"workers {config.workers}"
+    log.starting(
+        name, f"{precision}{', XLA' if config.compile else ''}{replicas_text}", config, start_step
     )
 
     steps = common.Steps(

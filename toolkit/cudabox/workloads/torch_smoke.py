@@ -401,11 +401,11 @@ def _train(
         worker_init_fn=ignore_stop_signals,
     )
     ranks = f", {world.size} ranks" if world.launched else ""
-    log.progress(
-        f"training on {device_name(device)} ({precision}{', compiled' if config.compile else ''}"
-        f"{ranks}): steps {start_step}..{config.steps}, batch {config.batch_size}, "
-        f"width {config.width}, depth {config.depth} ({config.sizing} sizing), "
-        f"workers {config.workers}"
+    log.starting(
+        device_name(device),
+        f"{precision}{', compiled' if config.compile else ''}{ranks}",
+        config,
+        start_step,
     )
 
     steps = common.Steps(
