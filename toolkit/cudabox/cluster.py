@@ -18,9 +18,15 @@ from pathlib import Path
 
 from cudabox.errors import ExitCode, NoImageFits, UsageError
 from cudabox.host import HostProfile
-from cudabox.images.catalog import ImageSpec, load_catalog
+from cudabox.images.catalog import ImageSpec
 from cudabox.jobs.spec import JobSpec
-from cudabox.launch import LaunchOptions, passed_environment, require_visible_gpu
+from cudabox.launch import (
+    LaunchOptions,
+    candidates,
+    named_image,
+    passed_environment,
+    require_visible_gpu,
+)
 from cudabox.output import progress
 from cudabox.resolver import Flavor, select
 
@@ -75,13 +81,8 @@ def choose_cluster_image(
     framework: str, launch: LaunchOptions, cluster: ClusterOptions
 ) -> tuple[ImageSpec, str]:
     """The image every node of the cluster can run, and why; pinned by digest with a registry."""
-    catalog = load_catalog()
     if launch.image != "auto":
-        from cudabox.launch import image_from_reference, is_reference
-
-        if is_reference(launch.image):
-            return image_from_reference(launch.image, launch.registry_ca), "named with --image"
-        return catalog.get(launch.image), "named with --image"
+        return named_image(launch.image, launch.registry_ca), "named with --image"
     if cluster.hosts:
         hosts = [HostProfile.load(path) for path in cluster.hosts]
         where = f"the {len(hosts)} node profile(s) given with --host"
@@ -94,13 +95,7 @@ def choose_cluster_image(
     flavor: Flavor = "cpu" if launch.cpu or gpus == 0 else ("cuda" if gpus else "auto")
     if flavor == "cuda" and not cluster.hosts:
         require_visible_gpu(framework, hosts[0], here=False)
-    if launch.registry:
-        from cudabox.images.publish import registry_catalog
-
-        catalog = registry_catalog(
-            catalog, launch.registry, launch.registry_tag, launch.registry_ca, framework
-        )
-    selection = select(catalog, hosts, framework, flavor)
+    selection = select(candidates(framework, launch), hosts, framework, flavor)
     if selection.selected is None:
         raise NoImageFits(selection.message or f"no {framework} image fits {where}", selection.fix)
     return (

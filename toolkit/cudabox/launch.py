@@ -32,7 +32,7 @@ from cudabox.container import (
 )
 from cudabox.errors import ExitCode, NoImageFits, Unavailable, UsageError
 from cudabox.host import HostProfile
-from cudabox.images.catalog import ImageSpec, load_catalog
+from cudabox.images.catalog import Catalog, ImageSpec, load_catalog
 from cudabox.jobs.spec import Rendezvous, torchrun_argv
 from cudabox.options import (
     REGISTRY_ENV,
@@ -234,22 +234,13 @@ def choose_image(
     registry: LaunchOptions | None = None,
 ) -> Choice:
     """The image to run: named, or the newest that fits (in the registry when one is given)."""
-    catalog = load_catalog()
     if image != "auto":
-        if is_reference(image):
-            ca = registry.registry_ca if registry is not None else None
-            return Choice(image_from_reference(image, ca), "named with --image", profile)
-        return Choice(catalog.get(image), "named with --image", profile)
+        ca = registry.registry_ca if registry is not None else None
+        return Choice(named_image(image, ca), "named with --image", profile)
     if require_gpu:
         require_visible_gpu(framework, profile, here=False)
     flavor: Flavor = "cpu" if cpu else ("cuda" if require_gpu else "auto")
-    if registry is not None and registry.registry:
-        from cudabox.images.publish import registry_catalog
-
-        catalog = registry_catalog(
-            catalog, registry.registry, registry.registry_tag, registry.registry_ca, framework
-        )
-    selection = select(catalog, [profile], framework, flavor)
+    selection = select(candidates(framework, registry), [profile], framework, flavor)
     if selection.selected is None:
         raise NoImageFits(selection.message or "no image fits this host", selection.fix)
     verdict = next(v for v in selection.verdicts if v.image == selection.selected)
@@ -259,6 +250,25 @@ def choose_image(
     if flavor == "auto" and not profile.visible_gpus:
         why += f"; no usable GPU ({profile.message or 'none visible'})"
     return Choice(selection.selected, f"{why}{' (' + notes + ')' if notes else ''}", profile)
+
+
+def candidates(framework: str, options: LaunchOptions | None) -> Catalog:
+    """The images to choose from: the catalog's, or those of them the registry holds."""
+    catalog = load_catalog()
+    if options is None or not options.registry:
+        return catalog
+    from cudabox.images.publish import registry_catalog
+
+    return registry_catalog(
+        catalog, options.registry, options.registry_tag, options.registry_ca, framework
+    )
+
+
+def named_image(image: str, ca: Path | None) -> ImageSpec:
+    """The image --image names: a reference (judged from its labels), else a catalog name."""
+    if is_reference(image):
+        return image_from_reference(image, ca)
+    return load_catalog().get(image)
 
 
 def is_reference(image: str) -> bool:
