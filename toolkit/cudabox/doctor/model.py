@@ -1,13 +1,15 @@
 """The doctor's data: one `Check` per finding, gathered into a `DoctorReport` (a stable JSON form).
 
 docs/doctor.md documents the JSON; `SCHEMA_VERSION` changes when a key changes meaning or goes
-away (new keys may appear without a bump).
+away (new keys may appear without a bump). Schema 2 adds `readings`: what the run read, so that
+`cudabox doctor --replay` can judge it again without the host; schema 1 reports still load.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,9 +19,10 @@ from typing import Any, Literal
 from cudabox.errors import ExitCode, UsageError
 from cudabox.host import HostProfile
 from cudabox.images.catalog import FRAMEWORKS
+from cudabox.nvml import HostHealth
 from cudabox.output import JsonFields, read_json, shown
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KIND = "cudabox.doctor"
 
 Status = Literal["pass", "warn", "fail", "skip"]
@@ -146,6 +149,204 @@ def worst(statuses: list[Status]) -> Status:
 
 
 @dataclass(frozen=True)
+class XidRecord:
+    """One Xid the run saw: an NVML event during the load, or a kernel log line."""
+
+    xid: int
+    gpu_index: int | None  # None: the GPU could not be told (a kernel line without a bus id)
+    source: str  # "nvml" (event during the run) or "kernel-log"
+    time: float | None = None  # seconds since the epoch; None where the source gives none
+    text: str | None = None  # the kernel log line, as read
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "xid": self.xid,
+            "gpu_index": self.gpu_index,
+            "source": self.source,
+            "time": self.time,
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One NVML reading of one GPU while the load ran (the burn's temperature and clock curve)."""
+
+    index: int
+    t: float  # seconds since the sampling began
+    temperature_c: int | None = None
+    sm_clock_mhz: int | None = None
+    power_w: float | None = None
+    clock_event_reasons: int | None = None  # bit mask, nvmlClocksEventReason*
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "t": self.t,
+            "temperature_c": self.temperature_c,
+            "sm_clock_mhz": self.sm_clock_mhz,
+            "power_w": self.power_w,
+            "clock_event_reasons": self.clock_event_reasons,
+        }
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What a doctor run read, kept in its report so that `--replay` judges it again.
+
+    Host, framework and performance checks are pure functions of these readings. Checks whose
+    verdict comes from doing something (reaching the engine, starting a container, training)
+    are kept as `observed`: a replay repeats them as they were.
+    """
+
+    host: HostHealth | None = None  # NVML before the load; None: not read (a schema 1 report)
+    pci_gpus: tuple[str, ...] | None = None  # NVIDIA GPUs on the PCI bus; None: unreadable
+    kernel_module: str | None = None  # /proc/driver/nvidia/version
+    framework: dict[str, Any] | None = None  # the in-image script's raw result; None: not run
+    framework_note: str | None = None  # why there is no framework result
+    xids: tuple[XidRecord, ...] = ()
+    xid_notes: tuple[str, ...] = ()  # why a source of Xids could not be read
+    samples: tuple[Sample, ...] = ()  # NVML sampled during the load (level full)
+    host_after: HostHealth | None = None  # NVML after the load: ECC and PCIe replay deltas
+    load_seconds: float | None = None  # how long the load between `host` and `host_after` ran
+    observed: tuple[Check, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": None if self.host is None else self.host.to_json(),
+            "pci_gpus": None if self.pci_gpus is None else list(self.pci_gpus),
+            "kernel_module": self.kernel_module,
+            "framework": self.framework,
+            "framework_note": self.framework_note,
+            "xids": [x.to_json() for x in self.xids],
+            "xid_notes": list(self.xid_notes),
+            "samples": [s.to_json() for s in self.samples],
+            "host_after": None if self.host_after is None else self.host_after.to_json(),
+            "load_seconds": self.load_seconds,
+            "observed": [c.to_json() for c in self.observed],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Readings:
+        """The `readings` of a report; every key checked."""
+        with _as_report_error():
+            if not isinstance(data, dict):
+                raise UsageError(
+                    f"{where}: readings must be an object, got {shown(data)}", _REGENERATE
+                )
+            unknown = sorted(set(data) - set(_READINGS_KEYS))
+            missing = [key for key in _READINGS_KEYS if key not in data]
+            if unknown or missing:
+                problem = f"unknown key {unknown[0]!r}" if unknown else f"no {missing[0]!r} key"
+                raise UsageError(f"{where}: readings has {problem}", _REGENERATE)
+            read = JsonFields(data, where, _REGENERATE, "readings.")
+            pci = data["pci_gpus"]
+            if pci is not None and not (
+                isinstance(pci, list) and all(isinstance(p, str) for p in pci)
+            ):
+                read.fail("pci_gpus", "must be a list of PCI bus ids, or null")
+            framework = data["framework"]
+            if framework is not None and not isinstance(framework, dict):
+                read.fail("framework", "must be the in-image script's result (an object), or null")
+            notes = read.items("xid_notes")
+            if not all(isinstance(n, str) for n in notes):
+                read.fail("xid_notes", "must be a list of texts")
+            seconds = data["load_seconds"]
+            if seconds is not None and (type(seconds) not in (int, float) or seconds < 0):
+                read.fail("load_seconds", "must be a number of seconds >= 0, or null")
+            return cls(
+                host=_health(data["host"], f"{where}: readings.host"),
+                pci_gpus=None if pci is None else tuple(pci),
+                kernel_module=read.text("kernel_module"),
+                framework=framework,
+                framework_note=read.text("framework_note"),
+                xids=tuple(
+                    _xid(item, where, f"readings.xids[{n}].")
+                    for n, item in enumerate(read.items("xids"))
+                ),
+                xid_notes=tuple(notes),
+                samples=tuple(
+                    _sample(item, where, f"readings.samples[{n}].")
+                    for n, item in enumerate(read.items("samples"))
+                ),
+                host_after=_health(data["host_after"], f"{where}: readings.host_after"),
+                load_seconds=None if seconds is None else float(seconds),
+                observed=tuple(
+                    Check.from_json(item, where, f"readings.observed[{n}].")
+                    for n, item in enumerate(read.items("observed"))
+                ),
+            )
+
+
+_READINGS_KEYS = (
+    "host",
+    "pci_gpus",
+    "kernel_module",
+    "framework",
+    "framework_note",
+    "xids",
+    "xid_notes",
+    "samples",
+    "host_after",
+    "load_seconds",
+    "observed",
+)
+_XID_KEYS = ("xid", "gpu_index", "source", "time", "text")
+_SAMPLE_KEYS = ("index", "t", "temperature_c", "sm_clock_mhz", "power_w", "clock_event_reasons")
+
+
+def _health(data: Any, where: str) -> HostHealth | None:
+    return None if data is None else HostHealth.from_json(data, where=where)
+
+
+def _object(data: Any, keys: tuple[str, ...], where: str, prefix: str) -> JsonFields:
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: {prefix.rstrip('.')} must be an object", _REGENERATE)
+    unknown = sorted(set(data) - set(keys))
+    missing = [key for key in keys if key not in data]
+    if unknown or missing:
+        problem = f"unknown key {unknown[0]!r}" if unknown else f"no {missing[0]!r} key"
+        raise UsageError(f"{where}: {prefix.rstrip('.')} has {problem}", _REGENERATE)
+    return JsonFields(data, where, _REGENERATE, prefix)
+
+
+def _number(read: JsonFields, key: str) -> float | None:
+    value = read.data.get(key)
+    if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
+        read.fail(key, "must be a number or null")
+    return None if value is None else float(value)
+
+
+def _xid(data: Any, where: str, prefix: str) -> XidRecord:
+    read = _object(data, _XID_KEYS, where, prefix)
+    source = read.text("source")
+    if source not in ("nvml", "kernel-log"):
+        read.fail("source", "must be 'nvml' or 'kernel-log'")
+    return XidRecord(
+        xid=read.index("xid"),
+        gpu_index=read.count("gpu_index"),
+        source=source,
+        time=_number(read, "time"),
+        text=read.text("text"),
+    )
+
+
+def _sample(data: Any, where: str, prefix: str) -> Sample:
+    read = _object(data, _SAMPLE_KEYS, where, prefix)
+    t = _number(read, "t")
+    if t is None:
+        read.fail("t", "must be a number of seconds")
+    return Sample(
+        index=read.index("index"),
+        t=t,
+        temperature_c=read.count("temperature_c"),
+        sm_clock_mhz=read.count("sm_clock_mhz"),
+        power_w=_number(read, "power_w"),
+        clock_event_reasons=read.count("clock_event_reasons"),
+    )
+
+
+@dataclass(frozen=True)
 class DoctorReport:
     cudabox_version: str
     timestamp: str  # ISO 8601, UTC
@@ -156,6 +357,7 @@ class DoctorReport:
     host: HostProfile
     checks: tuple[Check, ...]
     versions: dict[str, str | None] = field(default_factory=dict)
+    readings: Readings | None = None  # None: a schema 1 report, which cannot be replayed
     source: str | None = field(default=None, compare=False)  # file it was read from
 
     @property
@@ -185,6 +387,7 @@ class DoctorReport:
             "versions": dict(self.versions),
             "summary": self.counts(),
             "checks": [c.to_json() for c in self.checks],
+            "readings": None if self.readings is None else self.readings.to_json(),
         }
 
     def dumps(self) -> str:
@@ -215,7 +418,8 @@ class DoctorReport:
                 _REGENERATE,
             )
         with _as_report_error():
-            missing = [key for key in _REPORT_KEYS if key not in data]
+            wanted = _REPORT_KEYS + (("readings",) if schema >= 2 else ())
+            missing = [key for key in wanted if key not in data]
             if missing:
                 raise UsageError(
                     f"{where} is not a complete doctor report: it has no {missing[0]!r} key",
@@ -257,6 +461,9 @@ class DoctorReport:
                     Check.from_json(item, where, f"checks[{n}].") for n, item in enumerate(items)
                 ),
                 versions={key: found.text(key) for key in versions},
+                readings=None
+                if schema < 2 or data.get("readings") is None
+                else Readings.from_json(data["readings"], where),
                 source=source,
             )
 
