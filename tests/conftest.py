@@ -28,7 +28,7 @@ def docker_engine() -> Iterator[Any]:
         client = docker.from_env()
         client.ping()
     except Exception as exc:
-        message = f"no Docker engine answers ({exc}); Docker tests need one (see .ci/engine.sh)"
+        message = f"no Docker engine answers ({exc}); Docker tests need one (`bash scripts/bootstrap` starts one; CI its own, .ci/engine.sh)"
         if REQUIRE_DOCKER:
             pytest.fail(message + " and CUDABOX_REQUIRE_DOCKER=1 forbids skipping")
         warnings.warn(message, stacklevel=1)
