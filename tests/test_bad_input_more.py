@@ -296,7 +296,7 @@ def test_the_record_is_updated_whole(tmp_path: Path) -> None:
     write_record(path, {"b": {"tag": "b"}})
     write_record(path, {"a": {"tag": "a"}, "b": {"tag": "b2"}})
     assert json.loads(path.read_text()) == {
-        "schema": 1,
+        "schema": 2,  # RECORD_SCHEMA: diff_ids and the base digest came with 2
         "images": {"a": {"tag": "a"}, "b": {"tag": "b2"}},
     }
     assert [p.name for p in tmp_path.iterdir()] == ["verified.json"]  # no temporary file left

@@ -19,7 +19,14 @@ from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.images.context import BuildOptions, build_args, build_context
 from cudabox.images.labels import cudnn_text, labels_for, provenance_labels
 from cudabox.images.lock import lock_digest
-from cudabox.images.record import read_record, record_entry, write_record
+from cudabox.images.record import (
+    LayerComparison,
+    Layers,
+    compare_layers,
+    read_record,
+    record_entry,
+    write_record,
+)
 from cudabox.images.targets import resolve_targets
 from cudabox.images.verify import require_verified, verify_image
 from cudabox.options import PackageSources
@@ -175,8 +182,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.record:
         # A record that cannot be written must fail now, not after an hour of builds.
         check_writable(args.record, "verified record")
-    previous = read_record(args.record) if args.record else {}
+    # The build is compared layer by layer with the record it would replace (or the catalog's).
+    reference = args.record or catalog.root / "verified.json"
+    previous = read_record(reference)
     rows = []
+    comparisons: list[LayerComparison] = []
     with Engine.connect(read_timeout=BUILD_READ_TIMEOUT_S) as engine:
         for spec in specs:
             built = None
@@ -194,13 +204,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 )
             require_verified(checked)
             entry = record_entry(spec, checked, built, previous.get(spec.name))
+            recorded = previous.get(spec.name)
+            layers = compare_layers(
+                spec.name, Layers.of(entry), Layers.of(recorded) if recorded else None
+            )
+            comparisons.append(layers)
             if args.record:
                 write_record(args.record, {spec.name: entry})
                 progress(f"verify {spec.name}: recorded in {args.record}")
             if args.remove_after:
                 progress(f"verify {spec.name}: removing {spec.tag}")
                 remove_built(engine, spec.tag, built)
-            rows.append({"name": spec.name, **entry})
+            rows.append({"name": spec.name, **entry, "layers": layers.to_json()})
     if args.json:
         print_json(rows)
     else:
@@ -233,4 +248,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 ],
             )
         )
+        for comparison in comparisons:
+            print("\n".join(comparison.lines()))
     return ExitCode.OK

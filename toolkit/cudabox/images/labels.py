@@ -93,6 +93,23 @@ def provenance_labels(
     return labels
 
 
+@dataclass(frozen=True)
+class BuiltOn:
+    """The base an image was really built on, from its provenance labels (not the catalog)."""
+
+    name: str
+    digest: str  # the base's repo digest, or its image id for a local bootstrap; "" if unknown
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.digest}" if self.digest else self.name
+
+
+def built_on(labels: Mapping[str, str]) -> BuiltOn | None:
+    """The base named by the image's labels, or None for an image without a base label."""
+    name = labels.get(f"{OCI}base.name", "")
+    return BuiltOn(name, labels.get(f"{OCI}base.digest", "")) if name else None
+
+
 def _git(repo_root: Path, *args: str) -> str | None:
     try:
         done = subprocess.run(

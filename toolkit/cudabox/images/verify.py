@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cudabox.container import ContainerEngine
+from cudabox.container import ContainerEngine, ImageInfo
 from cudabox.errors import BuildError
 from cudabox.images.catalog import ImageSpec
-from cudabox.images.labels import Reported, compare, compare_labels
+from cudabox.images.labels import BuiltOn, Reported, built_on, compare, compare_labels
 from cudabox.images.lock import lock_digest
 from cudabox.output import parse_json, progress
 
@@ -31,11 +31,17 @@ class VerifyResult:
     reported: dict[str, Any] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
     image_bytes: int = 0
-    base_bytes: int = 0
+    base_bytes: int | None = None  # None: the base it was built on is not on this engine
     packages_bytes: int = 0
+    base: BuiltOn | None = None  # from the image's labels: the base it was really built on
+    base_layers: int | None = None  # how many of diff_ids are the base's (None: base not here)
+    diff_ids: tuple[str, ...] = ()  # the image's layers, bottom first (RootFS.Layers)
 
     @property
     def overhead_pct(self) -> float | None:
+        # Without the real base there is no truthful figure (sizing another image gave 22 %).
+        if self.base_bytes is None:
+            return None
         content = self.base_bytes + self.packages_bytes
         if not content or not self.image_bytes:
             return None
@@ -116,6 +122,26 @@ def parse_facts(output: str, where: str, fix: str) -> tuple[dict[str, Any], Repo
     return data, reported
 
 
+def find_base(engine: ContainerEngine, image: ImageInfo) -> tuple[BuiltOn | None, ImageInfo | None]:
+    """The base `image` was built on (its labels) and that base on this engine, if it is here.
+
+    The engine's image must be the labelled one (its id or a repo digest is the labelled digest)
+    and its layers the bottom of `image`'s: a base re-made or re-pulled since is another base.
+    """
+    base = built_on(image.labels)
+    if base is None:
+        return None, None
+    for ref in (base.name, base.digest):
+        found = engine.image(ref) if ref else None
+        if found is None:
+            continue
+        digests = {found.id, *(d.rpartition("@")[2] for d in found.repo_digests)}
+        same = not base.digest or base.digest in digests
+        if same and image.diff_ids[: len(found.diff_ids)] == found.diff_ids:
+            return base, found
+    return base, None
+
+
 def verify_image(
     engine: ContainerEngine,
     spec: ImageSpec,
@@ -129,9 +155,15 @@ def verify_image(
     info = engine.image(tag)
     if info is None:
         raise BuildError(f"image {tag} does not exist", f"build it: cudabox build {spec.name}")
-    result = VerifyResult(spec.name, tag, ok=False, image_bytes=info.size)
-    base = engine.image(spec.base_image)
-    result.base_bytes = base.size if base else 0
+    result = VerifyResult(spec.name, tag, ok=False, image_bytes=info.size, diff_ids=info.diff_ids)
+    result.base, base = find_base(engine, info)
+    if base is not None:
+        result.base_bytes, result.base_layers = base.size, len(base.diff_ids)
+    else:
+        progress(
+            f"verify {spec.name}: the base {result.base or '(no base label)'} is not on this "
+            "engine: no overhead figure"
+        )
     folder = units_dir(catalog_root, spec)
     progress(f"verify {spec.name}: {folder.name}/facts.py in {tag}")
     ok, output, _ = run_script(engine, tag, folder / "facts.py", gpus)
