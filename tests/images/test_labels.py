@@ -10,11 +10,14 @@ import pytest
 from cudabox.errors import DataError
 from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.images.labels import (
+    BuiltOn,
     Reported,
+    built_on,
     compare,
     compare_labels,
     cudnn_text,
     labels_for,
+    provenance_labels,
     spec_from_labels,
 )
 from cudabox.versions import Arch
@@ -157,3 +160,19 @@ def test_labels_disagreeing_with_the_catalog_are_named() -> None:
     assert len(stale) == 1 and "another lock" in stale[0]
     wrong = compare_labels(replace(spec, cudnn="9.10"), labels, "1" * 64)
     assert len(wrong) == 1 and "cudabox.cudnn" in wrong[0]
+
+
+def test_the_base_is_the_one_the_build_used_not_the_catalogs() -> None:
+    spec = CATALOG.get("torch-2.13-cpu")
+    image_id = "sha256:" + "4" * 64
+    # What a build on a host without a registry labels: the bootstrap it found, by image id.
+    labels = {
+        **labels_for(spec, "1" * 64),
+        **provenance_labels("cudabox/debian-python:bookworm", image_id, None, env={}),
+    }
+    assert built_on(labels) == BuiltOn("cudabox/debian-python:bookworm", image_id)
+    assert str(built_on(labels)) == f"cudabox/debian-python:bookworm@{image_id}"
+    assert spec_from_labels(labels, spec.tag).base_image == "cudabox/debian-python:bookworm"
+    assert compare_labels(spec, labels, "1" * 64) == []  # another base is not a wrong image
+    assert built_on({"maintainer": "someone"}) is None
+    assert str(built_on({"org.opencontainers.image.base.name": "python:3.11"})) == "python:3.11"
