@@ -10,23 +10,31 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import math
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from types import TracebackType
 from typing import Any, TypeVar
 
+from cudabox.errors import UsageError
 from cudabox.host import Gpu, HostProfile, MigDevice
+from cudabox.output import JsonFields, shown
 from cudabox.versions import CudaVersion
 
 T = TypeVar("T")
 
 # NVML return codes (nvml.h); stable across driver branches.
+INVALID_ARGUMENT = 2
 NOT_SUPPORTED = 3
 NO_PERMISSION = 4
 NOT_FOUND = 6
 DRIVER_NOT_LOADED = 9
+TIMEOUT = 10
 LIBRARY_NOT_FOUND = 12
 FUNCTION_NOT_FOUND = 13
 GPU_IS_LOST = 15
@@ -435,8 +443,130 @@ class GpuHealth:
     pcie_width_max: int | None = None
     mig_current: int | None = None  # NVML_DEVICE_MIG_ENABLE = 1
     mig_pending: int | None = None
+    vbios_version: str | None = None
+    power_limit_w: float | None = None  # the enforced power limit
+    fabric_state: str | None = None  # FABRIC_STATES; NVSwitch systems register each GPU
+    fabric_status: str | None = None  # NVML's error text when the registration failed
+    recovery_action: str | None = None  # RECOVERY_ACTIONS: what the driver asks to be done
+    nvlink_active: int | None = None
+    nvlink_total: int | None = None  # links the GPU has; 0: no NVLink
+    pcie_replay_count: int | None = None  # since the driver loaded
+    temperature_c: int | None = None
+    sm_clock_mhz: int | None = None
+    max_sm_clock_mhz: int | None = None
+    power_w: float | None = None
     error: str | None = None  # set when this GPU could not be read
     fix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "GPU health", prefix: str = "") -> GpuHealth:
+        """Readings as `to_json` wrote them; every key checked, none missing, none unknown."""
+        read = _strict_object(data, _GPU_HEALTH_KEYS, where, prefix)
+        values: dict[str, Any] = {}
+        for key, kind in _GPU_HEALTH_KINDS.items():
+            values[key] = _typed(read, key, kind)
+        if values["index"] is None:
+            read.fail("index", "must be a whole number >= 0")
+        for key, allowed in (
+            ("fabric_state", FABRIC_STATES),
+            ("recovery_action", tuple(RECOVERY_ACTIONS.values())),
+        ):
+            if values[key] is not None and values[key] not in allowed:
+                read.fail(key, f"must be one of {', '.join(allowed)}, or null")
+        return cls(**values)
+
+
+# Each field's JSON kind: counts are whole numbers >= 0; temperatures may be below zero.
+_GPU_HEALTH_KINDS: dict[str, str] = {
+    "index": "count",
+    "uuid": "text",
+    "name": "text",
+    "pci_device_id": "text",
+    "pci_bus_id": "text",
+    "persistence_mode": "flag",
+    "ecc_enabled": "flag",
+    "ecc_uncorrected_volatile": "count",
+    "ecc_uncorrected_aggregate": "count",
+    "retired_pages_sbe": "count",
+    "retired_pages_dbe": "count",
+    "retired_pages_pending": "flag",
+    "remapped_rows_correctable": "count",
+    "remapped_rows_uncorrectable": "count",
+    "remap_pending": "flag",
+    "remap_failure": "flag",
+    "clock_event_reasons": "count",
+    "pcie_gen_current": "count",
+    "pcie_gen_max": "count",
+    "pcie_gen_gpu_max": "count",
+    "pcie_width_current": "count",
+    "pcie_width_max": "count",
+    "mig_current": "count",
+    "mig_pending": "count",
+    "vbios_version": "text",
+    "power_limit_w": "number",
+    "fabric_state": "text",
+    "fabric_status": "text",
+    "recovery_action": "text",
+    "nvlink_active": "count",
+    "nvlink_total": "count",
+    "pcie_replay_count": "count",
+    "temperature_c": "int",
+    "sm_clock_mhz": "count",
+    "max_sm_clock_mhz": "count",
+    "power_w": "number",
+    "error": "text",
+    "fix": "text",
+}
+_GPU_HEALTH_KEYS = tuple(_GPU_HEALTH_KINDS)
+_REGENERATE = "record the readings again with `cudabox doctor --json FILE` on that host"
+
+# nvmlGpuFabricState_t and nvmlDeviceGpuRecoveryAction_t (nvml.h), as cudabox names them.
+FABRIC_STATES = ("not_supported", "not_started", "in_progress", "completed")
+RECOVERY_ACTIONS = {
+    0: "none",
+    1: "reset",
+    2: "reboot",
+    3: "drain",  # drain peer-to-peer traffic
+    4: "drain_and_reset",
+    5: "recover_imex_domain",
+    6: "bus_reset",
+    7: "system_reboot",
+}
+
+
+def _strict_object(data: Any, keys: tuple[str, ...], where: str, prefix: str) -> JsonFields:
+    name = prefix.rstrip(".") or "the readings"
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: {name} must be an object, got {shown(data)}", _REGENERATE)
+    unknown = sorted(set(data) - set(keys))
+    missing = [key for key in keys if key not in data]
+    if unknown or missing:
+        problem = f"unknown key {unknown[0]!r}" if unknown else f"no {missing[0]!r} key"
+        raise UsageError(f"{where}: {name} has {problem}", _REGENERATE)
+    return JsonFields(data, where, _REGENERATE, prefix)
+
+
+def _typed(read: JsonFields, key: str, kind: str) -> Any:
+    value = read.data.get(key)
+    if kind == "text":
+        return read.text(key)
+    if kind == "flag":
+        if value is not None and not isinstance(value, bool):
+            read.fail(key, "must be true, false or null")
+        return value
+    if kind == "count":
+        return read.count(key)
+    if kind == "int":
+        if value is not None and type(value) is not int:
+            read.fail(key, "must be a whole number or null")
+        return value
+    # "number": JSON has one number type; 250 and 250.0 are the same watts.
+    if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
+        read.fail(key, "must be a number or null")
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)
@@ -449,6 +579,59 @@ class HostHealth:
     nvml_version: str | None = None
     device_count: int | None = None
     gpus: tuple[GpuHealth, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "fix": self.fix,
+            "driver_version": self.driver_version,
+            "nvml_version": self.nvml_version,
+            "device_count": self.device_count,
+            "gpus": [g.to_json() for g in self.gpus],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "host health") -> HostHealth:
+        """Readings as `to_json` wrote them; every key checked, none missing, none unknown."""
+        read = _strict_object(data, _HOST_HEALTH_KEYS, where, "")
+        status = read.text("status")
+        if status not in _HEALTH_STATUSES:
+            read.fail("status", f"must be one of {', '.join(_HEALTH_STATUSES)}")
+        code = data["code"]
+        if code is not None and type(code) is not int:
+            read.fail("code", "must be an NVML error code (a whole number) or null")
+        gpus = tuple(
+            GpuHealth.from_json(item, where, f"gpus[{n}].")
+            for n, item in enumerate(read.items("gpus", required=True))
+        )
+        indexes = [g.index for g in gpus]
+        if len(set(indexes)) != len(indexes):
+            raise UsageError(f"{where}: two GPUs have the same index", _REGENERATE)
+        return cls(
+            status=str(status),
+            code=code,
+            message=read.text("message"),
+            fix=read.text("fix"),
+            driver_version=read.text("driver_version"),
+            nvml_version=read.text("nvml_version"),
+            device_count=read.count("device_count"),
+            gpus=gpus,
+        )
+
+
+_HOST_HEALTH_KEYS = (
+    "status",
+    "code",
+    "message",
+    "fix",
+    "driver_version",
+    "nvml_version",
+    "device_count",
+    "gpus",
+)
+_HEALTH_STATUSES = ("ok", "no-driver", "error")
 
 
 def health(lib: Any | None = None) -> HostHealth:
@@ -530,9 +713,118 @@ def _read_health(session: Nvml, index: int, handle: Any, gpu: Gpu) -> GpuHealth:
             pcie_width_max=_opt_count(session.optional(lib.nvmlDeviceGetMaxPcieLinkWidth, handle)),
             mig_current=int(mig[0]) if mig is not None else None,
             mig_pending=int(mig[1]) if mig is not None else None,
+            **_hardware(session, handle),
         )
     except NvmlFailure as exc:
         return GpuHealth(index=index, uuid=uuid, name=name, error=exc.diagnosis, fix=exc.fix)
+
+
+def _soft(session: Nvml, fn: Callable[..., T] | str, *args: Any) -> T | None:
+    """`optional`, and None too where the driver refuses or cannot say (no permission in a VM,
+    an unknown error): these readings came later than the others, and a GPU that answers the
+    older ones must not turn unreadable over one of them. A lost GPU still raises."""
+    try:
+        return session.optional(fn, *args)
+    except NvmlFailure as exc:
+        if exc.code == GPU_IS_LOST:
+            raise
+        return None
+
+
+def _hardware(session: Nvml, handle: Any) -> dict[str, Any]:
+    """The hardware-fault readings: fabric, recovery action, NVLink, PCIe replays, sensors."""
+    lib = session.lib
+    vbios = _soft(session, "nvmlDeviceGetVbiosVersion", handle)
+    limit_mw = _soft(session, "nvmlDeviceGetEnforcedPowerLimit", handle)
+    if limit_mw is None:
+        limit_mw = _soft(session, "nvmlDeviceGetPowerManagementLimit", handle)
+    power_mw = _soft(session, "nvmlDeviceGetPowerUsage", handle)
+    fabric_state, fabric_status = _fabric(session, handle)
+    action = _field_int(session, handle, "NVML_FI_DEV_GET_GPU_RECOVERY_ACTION")
+    active, total = _nvlinks(session, handle)
+    sm = getattr(lib, "NVML_CLOCK_SM", 1)
+    return {
+        "vbios_version": _text(vbios) if vbios is not None else None,
+        "power_limit_w": int(limit_mw) / 1000 if limit_mw is not None else None,
+        "fabric_state": fabric_state,
+        "fabric_status": fabric_status,
+        "recovery_action": None if action is None else RECOVERY_ACTIONS.get(action),
+        "nvlink_active": active,
+        "nvlink_total": total,
+        "pcie_replay_count": _opt_count(_soft(session, "nvmlDeviceGetPcieReplayCounter", handle)),
+        "temperature_c": _opt_count(
+            _soft(session, "nvmlDeviceGetTemperature", handle, _temperature_gpu(lib))
+        ),
+        "sm_clock_mhz": _opt_count(_soft(session, "nvmlDeviceGetClockInfo", handle, sm)),
+        "max_sm_clock_mhz": _opt_count(_soft(session, "nvmlDeviceGetMaxClockInfo", handle, sm)),
+        "power_w": int(power_mw) / 1000 if power_mw is not None else None,
+    }
+
+
+def _temperature_gpu(lib: Any) -> int:
+    return int(getattr(lib, "NVML_TEMPERATURE_GPU", 0))
+
+
+def _fabric(session: Nvml, handle: Any) -> tuple[str | None, str | None]:
+    """(state, error text) of the GPU's registration with the NVSwitch fabric manager."""
+    lib = session.lib
+    struct = getattr(lib, "c_nvmlGpuFabricInfo_t", None)
+    if struct is None:
+        return None, None  # a binding older than the fabric API
+    import ctypes  # here, not at the top: `cudabox probe` starts faster without it
+
+    info = struct()
+    if _soft(session, "nvmlDeviceGetGpuFabricInfo", handle, ctypes.byref(info)) is None:
+        return None, None
+    state = int(info.state)
+    name = FABRIC_STATES[state] if 0 <= state < len(FABRIC_STATES) else None
+    status = int(info.status)
+    # The registration's own result is only meaningful once it completed.
+    failed = name == "completed" and status != 0
+    return name, str(lib.NVMLError(status)) if failed else None
+
+
+def _field_int(session: Nvml, handle: Any, field_name: str) -> int | None:
+    """One integer field of nvmlDeviceGetFieldValues; None when the driver does not know it."""
+    lib = session.lib
+    field_id = getattr(lib, field_name, None)
+    if field_id is None:
+        return None  # the binding predates the field
+    values = _soft(session, "nvmlDeviceGetFieldValues", handle, [field_id])
+    if not values:
+        return None
+    value = values[0]
+    if int(value.nvmlReturn) != 0:  # each field has its own result; NOT_SUPPORTED is common
+        return None
+    kind = int(value.valueType)
+    member = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal"}.get(
+        kind, "usVal"
+    )
+    return int(getattr(value.value, member))
+
+
+def _nvlinks(session: Nvml, handle: Any) -> tuple[int | None, int | None]:
+    """(active, total) NVLink links; (0, 0) for a GPU without NVLink, None when not reported."""
+    lib = session.lib
+    count = _field_int(session, handle, "NVML_FI_DEV_NVLINK_LINK_COUNT")
+    links = range(count) if count is not None else range(getattr(lib, "NVML_NVLINK_MAX_LINKS", 18))
+    active = answered = 0
+    for link in links:
+        try:
+            state = session.optional("nvmlDeviceGetNvLinkState", handle, link)
+        except NvmlFailure as exc:
+            if exc.code == GPU_IS_LOST:
+                raise
+            break  # INVALID_ARGUMENT: past the GPU's last link
+        if state is None:
+            if count is None:
+                break  # without a link count, the first unsupported link ends the list
+            continue
+        answered += 1
+        active += int(int(state) == 1)
+    if count is None:
+        return (active, answered) if answered else (None, None)
+    return active, count
 
 
 def _clock_reasons(session: Nvml, handle: Any) -> int | None:
@@ -545,3 +837,215 @@ def _clock_reasons(session: Nvml, handle: Any) -> int | None:
 
 def _opt_count(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+# --- Xid events and sensor samples while the doctor's load runs --------------------------------
+
+
+@dataclass(frozen=True)
+class XidEvent:
+    """One critical Xid NVML reported: the driver's code for a GPU fault (docs: NVIDIA's Xid catalog)."""
+
+    gpu_index: int | None  # None: NVML could not say which GPU
+    xid: int
+    time: float  # seconds since the epoch, when the watch received it
+
+
+class XidWatch:
+    """Collects NVML's Xid events (nvmlEventTypeXidCriticalError) while its block runs.
+
+    `with XidWatch(lib) as watch: ...; watch.events`. Never raises for a host that cannot watch
+    (no driver, a driver or GPU without Xid events): `supported` is then False and `reason` says
+    why. A thread waits on the event set, so the block itself runs undisturbed.
+    """
+
+    def __init__(self, lib: Any | None = None, poll_ms: int = 200) -> None:
+        self._lib = lib
+        self._poll_ms = poll_ms
+        self._session: Nvml | None = None
+        self._event_set: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._events: list[XidEvent] = []
+        self.supported = False
+        self.reason: str | None = "the watch has not started"
+        self.watched: tuple[int, ...] = ()  # the GPU indexes whose Xid events are registered
+
+    @property
+    def events(self) -> tuple[XidEvent, ...]:
+        with self._lock:
+            return tuple(self._events)
+
+    def __enter__(self) -> XidWatch:
+        try:
+            session = Nvml(self._lib if self._lib is not None else load_pynvml())
+            session.__enter__()
+        except NvmlFailure as exc:
+            self.reason = f"NVML cannot start: {exc.diagnosis}"
+            return self
+        self._session = session
+        lib = session.lib
+        kind = getattr(lib, "nvmlEventTypeXidCriticalError", 0x8)
+        try:
+            self._event_set = session.call(lib.nvmlEventSetCreate)
+            watched = []
+            for index in range(int(session.call(lib.nvmlDeviceGetCount))):
+                try:
+                    handle = session.call(lib.nvmlDeviceGetHandleByIndex, index)
+                    session.call(lib.nvmlDeviceRegisterEvents, handle, kind, self._event_set)
+                except NvmlFailure:
+                    continue  # this GPU cannot report events (or is lost); watch the others
+                watched.append(index)
+        except NvmlFailure as exc:
+            self.reason = f"NVML events are not available: {exc.diagnosis}"
+            self._close()
+            return self
+        if not watched:
+            self.reason = "the driver reports no Xid events for these GPUs"
+            self._close()
+            return self
+        self.watched = tuple(watched)
+        self.supported, self.reason = True, None
+        self._thread = threading.Thread(target=self._wait, name="xid-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def _wait(self) -> None:
+        while not self._stop.is_set():
+            if not self._receive(self._poll_ms):
+                return
+
+    def _receive(self, timeout_ms: int) -> bool:
+        """Take one event (or time out); False when waiting cannot go on."""
+        assert self._session is not None
+        lib = self._session.lib
+        try:
+            data = lib.nvmlEventSetWait_v2(self._event_set, timeout_ms)
+        except lib.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            if code == TIMEOUT:
+                return True
+            if code == GPU_IS_LOST:
+                # A lost GPU surfaces here, often right after its Xid 79; keep waiting for the others.
+                return True
+            self.reason = f"waiting for Xid events stopped: {diagnose(code, str(exc))[0]}"
+            return False
+        index: int | None
+        try:
+            index = int(lib.nvmlDeviceGetIndex(data.device))
+        except lib.NVMLError:
+            index = None
+        with self._lock:
+            self._events.append(XidEvent(index, int(data.eventData), time.time()))
+        return True
+
+    def _close(self) -> None:
+        if self._session is None:
+            return
+        lib = self._session.lib
+        if self._event_set is not None:
+            with contextlib.suppress(lib.NVMLError):
+                lib.nvmlEventSetFree(self._event_set)
+            self._event_set = None
+        self._session.__exit__()
+        self._session = None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            # What arrived between the thread's last wait and now.
+            while self._event_set is not None and self._receive_pending():
+                pass
+        self._close()
+
+    def _receive_pending(self) -> bool:
+        before = len(self._events)
+        self._receive(0)
+        return len(self._events) > before
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU's sensors at one moment of a load: the burn's temperature and clock curve."""
+
+    index: int
+    t: float  # seconds since sampling began
+    temperature_c: int | None
+    sm_clock_mhz: int | None
+    power_w: float | None
+    clock_event_reasons: int | None  # bit mask, nvmlClocksEventReason*
+
+
+def sample_gpus(
+    lib: Any | None,
+    seconds: float,
+    interval: float = 1.0,
+    stop: threading.Event | None = None,
+) -> list[GpuSample]:
+    """Read every GPU's temperature, SM clock, power and clock reasons each `interval` seconds.
+
+    Runs for `seconds` (or until `stop` is set), the first round at t=0; meant for a thread
+    beside the load. Never raises: no driver gives no samples, an unreadable sensor None.
+    """
+    stop = stop or threading.Event()
+    samples: list[GpuSample] = []
+    try:
+        session = Nvml(lib if lib is not None else load_pynvml())
+        with session:
+            lib = session.lib
+            handles = []
+            for index in range(int(session.call(lib.nvmlDeviceGetCount))):
+                with contextlib.suppress(NvmlFailure):
+                    handles.append((index, session.call(lib.nvmlDeviceGetHandleByIndex, index)))
+            sm = getattr(lib, "NVML_CLOCK_SM", 1)
+            started = time.monotonic()
+            rounds = 0
+            while True:
+                t = round(time.monotonic() - started, 3)
+                for index, handle in handles:
+                    power = _soft(session, "nvmlDeviceGetPowerUsage", handle)
+                    samples.append(
+                        GpuSample(
+                            index=index,
+                            t=t,
+                            temperature_c=_opt_count(
+                                _soft(
+                                    session,
+                                    "nvmlDeviceGetTemperature",
+                                    handle,
+                                    _temperature_gpu(lib),
+                                )
+                            ),
+                            sm_clock_mhz=_opt_count(
+                                _soft(session, "nvmlDeviceGetClockInfo", handle, sm)
+                            ),
+                            power_w=int(power) / 1000 if power is not None else None,
+                            clock_event_reasons=_soft_reasons(session, handle),
+                        )
+                    )
+                rounds += 1
+                next_at = rounds * interval
+                if next_at > seconds:
+                    break
+                if stop.wait(max(0.0, next_at - (time.monotonic() - started))):
+                    break
+    except NvmlFailure:
+        pass  # no driver, or it went away: what was sampled so far stands
+    return samples
+
+
+def _soft_reasons(session: Nvml, handle: Any) -> int | None:
+    try:
+        return _clock_reasons(session, handle)
+    except NvmlFailure as exc:
+        if exc.code == GPU_IS_LOST:
+            return None  # the lost GPU shows in the Xid events and the readings after the load
+        return None
