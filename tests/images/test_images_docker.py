@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import ssl
+import subprocess
+import sys
 import time
 import uuid
 import zipfile
@@ -30,8 +32,9 @@ from cudabox.images.base import bootstrap, bootstrap_name
 from cudabox.images.build import BuildResult, build_image
 from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.images.context import BuildOptions, assemble_context
-from cudabox.images.labels import spec_from_labels
+from cudabox.images.labels import OCI, spec_from_labels
 from cudabox.images.lock import lock_digest
+from cudabox.images.record import Layers, compare_layers, read_record, record_entry, write_record
 from cudabox.images.render import TEMPLATE, render
 from cudabox.images.verify import verify_image
 from cudabox.options import PackageSources, read_pip_config
@@ -174,6 +177,79 @@ def test_the_image_proves_its_contents(engine: Engine, torch_cpu: Built) -> None
     assert result.reported["framework_version"] == "2.13.0+cpu" and result.reported["cuda"] is None
     assert set(result.units) == {"unit_cpu_op.py", "unit_gpu.py", "unit_import.py"}
     assert result.overhead_pct is not None and result.overhead_pct < 10, result.overhead_pct
+
+
+def _base_on_engine(docker_engine: Any, labels: dict[str, str]) -> dict[str, Any] | None:
+    """The labelled base as the engine has it (inspect, read apart from cudabox), or None."""
+    import docker.errors
+
+    name, digest = labels[f"{OCI}base.name"], labels[f"{OCI}base.digest"]
+    for ref in (digest, name):
+        try:
+            attrs: dict[str, Any] = docker_engine.api.inspect_image(ref)
+        except docker.errors.ImageNotFound:
+            continue
+        if digest in (attrs["Id"], *(d.rpartition("@")[2] for d in attrs.get("RepoDigests") or ())):
+            return attrs
+    return None
+
+
+def test_verify_records_the_real_layers_and_the_real_base_and_compares_them(
+    engine: Engine, catalog_image: Any, docker_engine: Any, tmp_path: Path
+) -> None:
+    spec = CATALOG.get("torch-2.13-cpu")
+    tag = catalog_image(spec.name)
+    attrs = docker_engine.api.inspect_image(tag)
+    labels = attrs["Config"]["Labels"]
+    entry = record_entry(spec, verify_image(engine, spec, IMAGES, tag, run_units=False), None, None)
+    assert entry["diff_ids"] == attrs["RootFS"]["Layers"] and len(entry["diff_ids"]) > 2
+    assert (entry["base_image"], entry["base_digest"]) == (
+        labels[f"{OCI}base.name"],
+        labels[f"{OCI}base.digest"],
+    )
+    base = _base_on_engine(docker_engine, labels)
+    if base is not None:  # the image's base is its bottom layers, and is what is sized
+        count = len(base["RootFS"]["Layers"])
+        assert entry["base_layers"] == count and entry["base_bytes"] == base["Size"]
+        assert entry["diff_ids"][:count] == base["RootFS"]["Layers"]
+        assert entry["overhead_pct"] is not None and entry["overhead_pct"] < 10
+    else:  # the base was made again or removed since the build: no figure rather than a false one
+        assert entry["base_layers"] is None and entry["overhead_pct"] is None
+
+    # The command line against a record whose top layer is not this build's (same base, lock).
+    record = tmp_path / "verified.json"
+    doctored = {**entry, "diff_ids": [*entry["diff_ids"][:-1], "sha256:" + "0" * 64]}
+    write_record(record, {spec.name: doctored})
+    ran = subprocess.run(
+        [sys.executable, "-m", "cudabox", "verify", spec.name, "--record", str(record)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    count = len(entry["diff_ids"])
+    assert (
+        f"{spec.name}: layers: {count - 1} of {count} match the record; a layer differs from the "
+        "record: the build is not reproducible here" in ran.stdout
+    ), ran.stdout
+    assert "differs (recorded sha256:000000000000)" in ran.stdout
+    rewritten = read_record(record)[spec.name]
+    assert rewritten["diff_ids"] == entry["diff_ids"]  # the record now holds the real layers
+    same = compare_layers(spec.name, Layers.of(entry), Layers.of(rewritten))
+    assert same.verdict == "same" and same.matching == count
+    # And the JSON answer says the same, layer by layer.
+    ran = subprocess.run(
+        [sys.executable, "-m", "cudabox", "verify", spec.name, "--record", str(record), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    (row,) = json.loads(ran.stdout)
+    assert row["layers"]["verdict"] == "same" and row["layers"]["matching"] == count
+    assert [layer["built"] for layer in row["layers"]["layers"]] == entry["diff_ids"]
 
 
 def test_a_wrong_catalog_row_fails_the_proof(engine: Engine, torch_cpu: Built) -> None:
