@@ -304,6 +304,12 @@ def _container_args(parser: argparse.ArgumentParser) -> None:
     sched.add_argument("--partition", default=None, help="Slurm partition")
     sched.add_argument("--time", default=None, metavar="LIMIT", help="Slurm time limit")
     sched.add_argument(
+        "--wait-pending",
+        action="store_true",
+        help="Slurm: keep waiting for a job pending on a reason that never clears by itself "
+        "(PartitionNodeLimit, ...) instead of cancelling it (exit 4)",
+    )
+    sched.add_argument(
         "--k8s-kind",
         choices=("job", "jobset", "trainjob"),
         default="job",
@@ -354,9 +360,15 @@ def _doctor_args(parser: argparse.ArgumentParser) -> None:
         metavar="NAME|auto",
         help="catalog image to check (default: the one `cudabox select` picks)",
     )
-    parser.add_argument("--level", choices=LEVELS, default="standard")
+    parser.add_argument("--level", choices=LEVELS, default=None, help="default: standard")
     parser.add_argument(
         "--json", type=Path, metavar="FILE", help="write the report as JSON ('-' for stdout)"
+    )
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        metavar="REPORT",
+        help="judge the readings a `doctor --json` report recorded, without touching this host",
     )
     parser.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     parser.add_argument(
@@ -376,6 +388,12 @@ def _report_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--all", action="store_true", help="list every check, not only problems")
     _json_flag(parser, "print the fleet view as JSON")
+    parser.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write the fleet view as one self-contained HTML page (tables and charts)",
+    )
 
 
 COMMANDS = (
