@@ -360,15 +360,9 @@ def _doctor_args(parser: argparse.ArgumentParser) -> None:
         metavar="NAME|auto",
         help="catalog image to check (default: the one `cudabox select` picks)",
     )
-    parser.add_argument("--level", choices=LEVELS, default=None, help="default: standard")
+    parser.add_argument("--level", choices=LEVELS, default="standard")
     parser.add_argument(
         "--json", type=Path, metavar="FILE", help="write the report as JSON ('-' for stdout)"
-    )
-    parser.add_argument(
-        "--replay",
-        type=Path,
-        metavar="REPORT",
-        help="judge the readings a `doctor --json` report recorded, without touching this host",
     )
     parser.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     parser.add_argument(
@@ -388,12 +382,6 @@ def _report_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--all", action="store_true", help="list every check, not only problems")
     _json_flag(parser, "print the fleet view as JSON")
-    parser.add_argument(
-        "--html",
-        type=Path,
-        metavar="FILE",
-        help="also write the fleet view as one self-contained HTML page (tables and charts)",
-    )
 
 
 COMMANDS = (
