@@ -382,6 +382,12 @@ def _report_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--all", action="store_true", help="list every check, not only problems")
     _json_flag(parser, "print the fleet view as JSON")
+    parser.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write the fleet view as one self-contained HTML page (tables and charts)",
+    )
 
 
 COMMANDS = (
