@@ -33,12 +33,13 @@ TOP_KEYS = [
     "versions",
     "summary",
     "checks",
+    "readings",
 ]
 
 
 def assert_schema(data: dict[str, Any]) -> None:
     assert list(data) == TOP_KEYS
-    assert data["kind"] == "cudabox.doctor" and data["schema"] == 1
+    assert data["kind"] == "cudabox.doctor" and data["schema"] == 2
     assert data["host"]["schema"] == 1 and "gpus" in data["host"]
     for item in data["checks"]:
         assert list(item) == CHECK_KEYS

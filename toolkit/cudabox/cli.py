@@ -360,9 +360,15 @@ def _doctor_args(parser: argparse.ArgumentParser) -> None:
         metavar="NAME|auto",
         help="catalog image to check (default: the one `cudabox select` picks)",
     )
-    parser.add_argument("--level", choices=LEVELS, default="standard")
+    parser.add_argument("--level", choices=LEVELS, default=None, help="default: standard")
     parser.add_argument(
         "--json", type=Path, metavar="FILE", help="write the report as JSON ('-' for stdout)"
+    )
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        metavar="REPORT",
+        help="judge the readings a `doctor --json` report recorded, without touching this host",
     )
     parser.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     parser.add_argument(

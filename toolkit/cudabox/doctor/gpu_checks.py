@@ -122,6 +122,8 @@ def torch_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
     count = 0
     cuda_check = _torch_cuda_init(torch, built_for_cuda)
     checks.append(cuda_check)
+    # The doctor judges a skip against NVML's GPU count, which it reads outside this script.
+    cuda = {"built": torch.version.cuda, "error": cuda_check.pop("cuda_error", None)}
     _say(f"{cuda_check['status']:4}  {cuda_check['id']}: {cuda_check['message']}")
     if cuda_check["status"] == "pass":
         count = torch.cuda.device_count()
@@ -164,7 +166,13 @@ def torch_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
         reason = cuda_check["message"]
         for name in ("matmul", "cudnn_conv", "nccl_allreduce"):
             checks.append(_check(f"framework.{name}", "skip", f"skipped: {reason}"))
-    return {"checks": checks, "measurements": measurements, "versions": versions, "gpus": gpus}
+    return {
+        "checks": checks,
+        "measurements": measurements,
+        "versions": versions,
+        "gpus": gpus,
+        "cuda": cuda,
+    }
 
 
 def _torch_cpu_matmul(torch: Any) -> dict[str, Any]:
@@ -192,21 +200,22 @@ def _torch_cuda_init(torch: Any, built_for_cuda: bool) -> dict[str, Any]:
         available = torch.cuda.is_available()
         count = torch.cuda.device_count()
     except Exception as exc:
-        return _check(
+        found = _check(
             cid,
             "fail",
             f"CUDA failed to initialise: {exc}",
             fix="see host.* and container.* checks; the driver must support CUDA "
             f"{torch.version.cuda}",
         )
+        return {**found, "cuda_error": " ".join(str(exc).split()) or type(exc).__name__}
     if not available or count == 0:
         # is_available() hides the reason; asking for a device raises the driver's own words.
         try:
             torch.zeros(1, device="cuda")
             why = "no CUDA device"
         except Exception as exc:
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _check(cid, "skip", f"no GPU: {why}")
+            why = " ".join(str(exc).split()) or type(exc).__name__
+        return {**_check(cid, "skip", f"no GPU: {why}"), "cuda_error": why}
     torch.zeros(1, device="cuda")
     torch.cuda.synchronize()
     return _check(
@@ -490,7 +499,12 @@ def tensorflow_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
             )
     for item in checks:
         _say(f"{item['status']:4}  {item['id']}: {item['message']}")
-    return {"checks": checks, "measurements": [], "versions": versions, "gpus": gpus}
+    # The doctor judges a skip against NVML's GPU count, which it reads outside this script.
+    cuda = {
+        "built": build.get("cuda_version") if build.get("is_cuda_build") else None,
+        "error": None if devices else "tensorflow sees no GPU (its log above says why)",
+    }
+    return {"checks": checks, "measurements": [], "versions": versions, "gpus": gpus, "cuda": cuda}
 
 
 # --- NVML through ctypes, for the container layer (the image may lack nvidia-ml-py) ------------

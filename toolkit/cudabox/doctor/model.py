@@ -204,6 +204,7 @@ class Readings:
     kernel_module: str | None = None  # /proc/driver/nvidia/version
     framework: dict[str, Any] | None = None  # the in-image script's raw result; None: not run
     framework_note: str | None = None  # why there is no framework result
+    framework_gpus: bool = True  # whether the framework ran with the host's GPUs passed in
     xids: tuple[XidRecord, ...] = ()
     xid_notes: tuple[str, ...] = ()  # why a source of Xids could not be read
     samples: tuple[Sample, ...] = ()  # NVML sampled during the load (level full)
@@ -218,6 +219,7 @@ class Readings:
             "kernel_module": self.kernel_module,
             "framework": self.framework,
             "framework_note": self.framework_note,
+            "framework_gpus": self.framework_gpus,
             "xids": [x.to_json() for x in self.xids],
             "xid_notes": list(self.xid_notes),
             "samples": [s.to_json() for s in self.samples],
@@ -260,6 +262,7 @@ class Readings:
                 kernel_module=read.text("kernel_module"),
                 framework=framework,
                 framework_note=read.text("framework_note"),
+                framework_gpus=read.flag("framework_gpus", True),
                 xids=tuple(
                     _xid(item, where, f"readings.xids[{n}].")
                     for n, item in enumerate(read.items("xids"))
@@ -284,6 +287,7 @@ _READINGS_KEYS = (
     "kernel_module",
     "framework",
     "framework_note",
+    "framework_gpus",
     "xids",
     "xid_notes",
     "samples",

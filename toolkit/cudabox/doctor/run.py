@@ -7,22 +7,23 @@ quick: host + engine. standard: + container, framework, performance. full: + tra
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cudabox import __version__
 from cudabox.container import ContainerEngine
 from cudabox.doctor import container_layer, engine_layer, host_layer, perf, training_layer
-from cudabox.doctor.model import Check, DoctorReport, Level, check
-from cudabox.errors import CudaboxError
+from cudabox.doctor.model import Check, DoctorReport, Level, Readings, check
+from cudabox.errors import CudaboxError, UsageError
 from cudabox.host import HostProfile
 from cudabox.images.catalog import ImageSpec, load_catalog
-from cudabox.nvml import GpuHealth, HostHealth, read_host
+from cudabox.nvml import GpuHealth, read_host
 from cudabox.output import progress
 from cudabox.resolver import select
 
@@ -54,11 +55,21 @@ class Environment:
 
 @dataclass
 class Doctor:
+    """Reads, then judges each part as soon as its readings are in (progress as it goes).
+
+    Every verdict on the host, framework and performance layers is a pure function of the
+    `Readings` (`judge_host`, `judge_framework`); `replay` calls the same functions on a report's
+    recorded readings. Engine, container and training checks come from doing something and are
+    kept in the readings as `observed`.
+    """
+
     options: Options
     env: Environment = field(default_factory=Environment)
     checks: list[Check] = field(default_factory=list)
     versions: dict[str, str | None] = field(default_factory=dict)
     unavailable: str | None = None  # why a layer the level needs could not run at all
+    observed: list[Check] = field(default_factory=list)
+    shown_layer: str | None = None
 
     # -- bookkeeping --
 
@@ -70,8 +81,16 @@ class Doctor:
             self.checks.append(item)
             self.env.say(f"  {item.status:4}  {item.id:34} {item.message}")
 
+    def observe(self, found: Check | Sequence[Check], started: float | None = None) -> None:
+        """A check whose verdict came from doing something: kept as it is for a replay."""
+        before = len(self.checks)
+        self.add(found, started)
+        self.observed.extend(self.checks[before:])
+
     def layer(self, name: str) -> None:
-        self.env.say(f"[{name}]")
+        if name != self.shown_layer:
+            self.env.say(f"[{name}]")
+        self.shown_layer = name
 
     # -- the run --
 
@@ -82,13 +101,12 @@ class Doctor:
         reading = read_host(self.env.nvml_lib, with_health=True)
         profile = reading.profile
         assert reading.health is not None  # asked for with_health
-        readings = host_layer.HostReadings(
-            health=reading.health,
-            profile=profile,
+        readings = Readings(
+            host=reading.health,
             pci_gpus=host_layer.read_pci_gpus(self.env.pci_root),
             kernel_module=host_layer.read_kernel_module(self.env.proc_version),
         )
-        self.add(host_layer.host_checks(readings), started)
+        self.add(judge_host(readings, profile), started)
         self.versions.update(driver=profile.driver_version, cuda_driver=profile.cuda_driver_version)
         image: ImageSpec | None = None
         engine: ContainerEngine | None = None
@@ -98,6 +116,7 @@ class Doctor:
             if o.level != "quick":
                 result: dict[str, Any] | None = None
                 why = "the framework checks did not run"
+                with_gpus = bool(profile.gpus)
                 if o.here:
                     result = self._here_script()
                 elif engine is None:
@@ -105,10 +124,16 @@ class Doctor:
                 else:
                     image = self._pick_image(profile)
                     if image is not None:
-                        result, why = self._container_layer(engine, image, profile)
+                        result, why, with_gpus = self._container_layer(engine, image, profile)
                     else:
                         why = "no image fits this host"
-                self._framework_and_perf(result, readings.health, why)
+                readings = replace(
+                    readings,
+                    framework=result,
+                    framework_note=None if result is not None else why,
+                    framework_gpus=with_gpus,
+                )
+                self._framework_and_perf(readings, profile)
             if o.level == "full":
                 self._training(engine, image, profile)
         finally:
@@ -124,6 +149,7 @@ class Doctor:
             host=profile,
             checks=tuple(self.checks),
             versions=self.versions,
+            readings=replace(readings, observed=tuple(self.observed)),
         )
 
     def _engine_layer(self, profile: HostProfile) -> ContainerEngine | None:
@@ -141,11 +167,11 @@ class Doctor:
         except CudaboxError as exc:
             if engine is not None:
                 engine.close()
-            self.add(engine_layer.unreachable(exc.message, exc.fix), started)
+            self.observe(engine_layer.unreachable(exc.message, exc.fix), started)
             self.unavailable = exc.message
             return None
         self.versions["engine"] = f"{view.name} {view.version}"
-        self.add(engine_layer.engine_checks(view, profile), started)
+        self.observe(engine_layer.engine_checks(view, profile), started)
         return engine
 
     def _pick_image(self, profile: HostProfile) -> ImageSpec | None:
@@ -155,7 +181,7 @@ class Doctor:
         selection = select(catalog, [profile], self.options.framework, "auto")
         if selection.selected is None:
             self.layer("container")
-            self.add(
+            self.observe(
                 check(
                     "container.image",
                     "container",
@@ -168,30 +194,26 @@ class Doctor:
 
     def _container_layer(
         self, engine: ContainerEngine, image: ImageSpec, profile: HostProfile
-    ) -> tuple[dict[str, Any] | None, str]:
+    ) -> tuple[dict[str, Any] | None, str, bool]:
+        """(the in-image result or None, why not, whether it ran with the GPUs)."""
         self.layer("container")
         self.versions["image"] = image.tag
         started = time.perf_counter()
         facts = engine.image(image.tag)
-        self.add(container_layer.image_check(image, facts), started)
+        self.observe(container_layer.image_check(image, facts), started)
         if facts is None:
-            return None, f"image {image.tag} is not built"
-        self.add(container_layer.require_cuda_check(image, facts, profile))
+            return None, f"image {image.tag} is not built", False
+        self.observe(container_layer.require_cuda_check(image, facts, profile))
         started = time.perf_counter()
         gpus = container_layer.gpus_check(engine, image, profile, timeout=120)
-        self.add(gpus, started)
+        self.observe(gpus, started)
         self.layer("framework")
-        args = [
-            "--json",
-            "--framework",
-            image.framework,
-            "--perf-seconds",
-            str(self.options.perf_seconds),
-        ]
         with_gpus = bool(profile.gpus) and gpus.status == "pass"
-        result, why = container_layer.run_script(engine, image, args, with_gpus, SCRIPT_TIMEOUT)
+        result, why = container_layer.run_script(
+            engine, image, self._script_args(image.framework), with_gpus, SCRIPT_TIMEOUT
+        )
         if result is None:
-            self.add(
+            self.observe(
                 check(
                     "framework.run",
                     "framework",
@@ -200,7 +222,16 @@ class Doctor:
                     fix=f"run `cudabox run --image {image.name} -- python -c 'import {image.framework}'` to see the error",
                 )
             )
-        return result, why
+        return result, why, with_gpus
+
+    def _script_args(self, framework: str) -> list[str]:
+        return [
+            "--json",
+            "--framework",
+            framework,
+            "--perf-seconds",
+            str(self.options.perf_seconds),
+        ]
 
     def _here_script(self) -> dict[str, Any] | None:
         self.layer("framework")
@@ -208,11 +239,7 @@ class Doctor:
             sys.executable,
             "-m",
             "cudabox.doctor.gpu_checks",
-            "--json",
-            "--framework",
-            self.options.framework,
-            "--perf-seconds",
-            str(self.options.perf_seconds),
+            *self._script_args(self.options.framework),
         ]
         started = time.perf_counter()
         try:
@@ -225,7 +252,7 @@ class Doctor:
             reason = str(exc)
         if result is None:
             reason = (done.stderr.strip().splitlines() or ["no output"])[-1] if done else reason
-            self.add(
+            self.observe(
                 check(
                     "framework.run",
                     "framework",
@@ -237,49 +264,15 @@ class Doctor:
             )
         return result
 
-    def _framework_and_perf(
-        self, result: dict[str, Any] | None, host: HostHealth, why: str
-    ) -> None:
-        if result is None:
-            if not any(c.layer == "framework" for c in self.checks):
-                self.layer("framework")
-                self.add(check("framework.run", "framework", "skip", why))
-            self.layer("performance")
-            for cid in PERF_IDS:
-                self.add(check(cid, "performance", "skip", why))
-            return
-        for key, value in dict(result.get("versions") or {}).items():
-            self.versions[str(key)] = None if value is None else str(value)
-        for item in result.get("checks") or []:
-            try:
-                self.add(Check.from_json(item))
-            except CudaboxError as exc:
-                # The in-image script is ours: a malformed answer is its failure, not the user's.
-                self.add(
-                    check(
-                        "framework.run",
-                        "framework",
-                        "fail",
-                        f"the framework checks answered something malformed: {exc.message}",
-                        fix="run the image's checks by hand to see what they print "
-                        "(`cudabox run -- python -m cudabox.doctor.gpu_checks --json`)",
-                    )
-                )
-                break
+    def _framework_and_perf(self, readings: Readings, profile: HostProfile) -> None:
+        if readings.framework is not None:
+            for key, value in dict(readings.framework.get("versions") or {}).items():
+                self.versions[str(key)] = None if value is None else str(value)
+        framework = judge_framework(readings, profile, self.options.framework, self.checks)
+        self.layer("framework")
+        self.add([c for c in framework if c.layer == "framework"])
         self.layer("performance")
-        measurements = list(result.get("measurements") or [])
-        if not measurements:
-            cuda = next((c for c in self.checks if c.id == "framework.cuda_init"), None)
-            if cuda is not None and cuda.status == "pass":
-                why = f"performance figures are measured with torch only, not {self.options.framework}"
-            else:
-                why = cuda.message if cuda is not None else "no GPU"
-            for cid in PERF_IDS:
-                self.add(check(cid, "performance", "skip", why))
-            return
-        by_uuid = {g.uuid: g for g in host.gpus if g.uuid}
-        by_index: dict[int, GpuHealth] = {g.index: g for g in host.gpus}
-        self.add(perf.perf_checks(measurements, by_uuid, by_index))
+        self.add([c for c in framework if c.layer != "framework"])
 
     def _training(
         self, engine: ContainerEngine | None, image: ImageSpec | None, profile: HostProfile
@@ -296,4 +289,183 @@ class Doctor:
             passed = next((c for c in self.checks if c.id == "container.gpus"), None)
             gpus = bool(profile.gpus) and passed is not None and passed.status == "pass"
             found = training_layer.train_in_image(engine, image, gpus, TRAIN_TIMEOUT)
-        self.add(found, started)
+        self.observe(found, started)
+
+
+# --- judging: pure functions of the readings, shared by the live run and --replay -------------
+
+
+def judge_host(readings: Readings, profile: HostProfile) -> list[Check]:
+    if readings.host is None:
+        return []
+    return host_layer.host_checks(
+        host_layer.HostReadings(
+            health=readings.host,
+            profile=profile,
+            pci_gpus=readings.pci_gpus,
+            kernel_module=readings.kernel_module,
+        )
+    )
+
+
+def judge_framework(
+    readings: Readings,
+    profile: HostProfile,
+    framework: str,
+    before: Sequence[Check] = (),
+) -> list[Check]:
+    """The framework and performance checks from the in-image result; `before` are the checks
+    judged or observed earlier in the run (a container failure already explains a skip)."""
+    out: list[Check] = []
+    result = readings.framework
+    if result is None:
+        why = readings.framework_note or "the framework checks did not run"
+        if not any(c.layer == "framework" for c in before):
+            out.append(check("framework.run", "framework", "skip", why))
+        out.extend(check(cid, "performance", "skip", why) for cid in PERF_IDS)
+        return out
+    for item in result.get("checks") or []:
+        try:
+            found = Check.from_json(item)
+        except CudaboxError as exc:
+            # The in-image script is ours: a malformed answer is its failure, not the user's.
+            out.append(
+                check(
+                    "framework.run",
+                    "framework",
+                    "fail",
+                    f"the framework checks answered something malformed: {exc.message}",
+                    fix="run the image's checks by hand to see what they print "
+                    "(`cudabox run -- python -m cudabox.doctor.gpu_checks --json`)",
+                )
+            )
+            break
+        if found.id == "framework.cuda_init":
+            found = cuda_init_check(found, result, readings, profile)
+        out.append(found)
+    measurements = list(result.get("measurements") or [])
+    if not measurements:
+        cuda = next((c for c in out if c.id == "framework.cuda_init"), None)
+        if cuda is not None and cuda.status == "pass":
+            why = f"performance figures are measured with torch only, not {framework}"
+        elif cuda is not None and cuda.status == "fail":
+            why = f"CUDA did not start (see framework.cuda_init): {cuda.value or cuda.message}"
+        else:
+            why = cuda.message if cuda is not None else "no GPU"
+        out.extend(check(cid, "performance", "skip", why) for cid in PERF_IDS)
+        return out
+    host = readings.host
+    gpus = host.gpus if host is not None else ()
+    by_uuid = {g.uuid: g for g in gpus if g.uuid}
+    by_index: dict[int, GpuHealth] = {g.index: g for g in gpus}
+    out.extend(perf.perf_checks(measurements, by_uuid, by_index))
+    return out
+
+
+def cuda_init_check(
+    found: Check, result: Mapping[str, Any], readings: Readings, profile: HostProfile
+) -> Check:
+    """A framework built for CUDA that sees no GPU where NVML lists some is a failure, not a skip.
+
+    The script cannot tell "no GPU" from "CUDA cannot start": only NVML's count, read outside
+    it, can. The common cause is CUDA error 802 on NVSwitch systems whose fabric manager is down
+    or of another version than the driver (pytorch/pytorch#35710, NVIDIA/gpu-operator#1043).
+    """
+    cuda = result.get("cuda")
+    if not isinstance(cuda, Mapping) or not cuda.get("built"):
+        return found
+    if found.status == "fail" and cuda.get("error"):
+        return replace(found, fix=cuda_error_fix(str(cuda["error"])))
+    if found.status != "skip":
+        return found
+    host = readings.host
+    listed = len(profile.visible_gpus) if host is not None and host.status == "ok" else 0
+    if listed == 0 or not readings.framework_gpus:
+        return found  # no GPU to see, or the container was started without them
+    error = str(cuda.get("error") or "the framework sees no GPU")
+    return check(
+        found.id,
+        found.layer,
+        "fail",
+        f"NVML lists {listed} GPU(s) but CUDA {cuda.get('built')} cannot start: {error}",
+        short_cuda_error(error),
+        f"{listed} GPU(s)",
+        fix=cuda_error_fix(error),
+    )
+
+
+def short_cuda_error(error: str) -> str:
+    """'Error 802: system not yet initialized' out of the framework's longer text."""
+    found = re.search(r"error (\d+): ([^.;()]+)", error, re.IGNORECASE)
+    if found:
+        return f"Error {found[1]}: {found[2].strip()}"
+    return error if len(error) <= 120 else error[:117] + "..."
+
+
+def cuda_error_fix(error: str) -> str:
+    """The fix for a CUDA initialisation error, by the runtime's error number or words."""
+    text = error.lower()
+    for numbers, words, fix in CUDA_INIT_FIXES:
+        if any(f"error {n}" in text or f"error: {n}" in text for n in numbers) or any(
+            w in text for w in words
+        ):
+            return fix
+    return (
+        'see host.* and container.* checks; `python -c "import torch; torch.zeros(1, '
+        "device='cuda')\"` shows the driver's own error, and `dmesg | grep -i nvrm` the kernel's"
+    )
+
+
+# cudaError_t numbers and texts from the CUDA Runtime API reference (docs/facts.md cites it).
+CUDA_INIT_FIXES: tuple[tuple[tuple[int, ...], tuple[str, ...], str], ...] = (
+    (
+        (802,),
+        ("system not yet initialized",),
+        "on NVSwitch systems (HGX/DGX) CUDA waits for the fabric manager: start "
+        "nvidia-fabricmanager of exactly the driver's version (`systemctl enable --now "
+        "nvidia-fabricmanager`; `nvidia-smi -q | grep -A2 Fabric` must say Completed), or "
+        "restart it after a driver upgrade",
+    ),
+    (
+        (803,),
+        ("system has unsupported display driver", "driver mismatch"),
+        "the CUDA user-mode driver (libcuda) and the kernel module differ: reload the NVIDIA "
+        "kernel modules or reboot; in a container, do not ship libcuda in the image",
+    ),
+    (
+        (804,),
+        ("forward compatibility was attempted on non supported hw",),
+        "CUDA forward compatibility works only on datacenter GPUs: remove the cuda-compat "
+        "libraries from LD_LIBRARY_PATH, or upgrade the driver",
+    ),
+    (
+        (35,),
+        ("driver version is insufficient",),
+        "the driver is older than the CUDA this framework was built for: upgrade the driver "
+        "(see container.require_cuda), or use an image built for an older CUDA",
+    ),
+    (
+        (100,),
+        ("no cuda-capable device",),
+        "CUDA sees no device although NVML lists some: check CUDA_VISIBLE_DEVICES and "
+        "NVIDIA_VISIBLE_DEVICES, and the permissions of /dev/nvidia*",
+    ),
+)
+
+
+def replay(report: DoctorReport) -> DoctorReport:
+    """Judge a report's recorded readings again with today's rules; the host is not touched."""
+    readings = report.readings
+    if readings is None:
+        raise UsageError(
+            f"{report.source or 'the report'} has no readings (doctor schema 1, or written "
+            "without them): there is nothing to judge again",
+            "run `cudabox doctor --json FILE` with this cudabox on that node, and replay that file",
+        )
+    observed = list(readings.observed)
+    checks: list[Check] = judge_host(readings, report.host)
+    checks += [c for c in observed if c.layer in ("engine", "container", "framework")]
+    if report.level != "quick":
+        checks += judge_framework(readings, report.host, report.framework, checks)
+    checks += [c for c in observed if c.layer == "training"]
+    return replace(report, checks=tuple(checks), source=report.source)

@@ -1,0 +1,161 @@
+"""`cudabox doctor --replay`: a recorded report judged again gives the live run's verdicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cudabox import nvml
+from cudabox.cli import main
+from cudabox.doctor.model import DoctorReport, Readings
+from cudabox.doctor.run import cuda_init_check, judge_framework, replay
+from cudabox.errors import ExitCode, UsageError
+from cudabox.nvml import read_host
+from fakenvml import SCENARIOS
+
+REPORTS = Path(__file__).parents[1] / "fixtures" / "doctor" / "reports"
+
+
+def verdicts(path: Path) -> list[tuple[str, str]]:
+    return [(c["id"], c["status"]) for c in json.loads(path.read_text())["checks"]]
+
+
+@pytest.fixture
+def no_nvidia(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This CPU host as it is, made explicit: no NVML library."""
+    monkeypatch.setattr(nvml, "load_pynvml", lambda: SCENARIOS["no-driver"])
+
+
+@pytest.mark.docker
+def test_live_quick_run_replays_to_the_same_verdicts(
+    docker_engine: Any, no_nvidia: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live, again = tmp_path / "live.json", tmp_path / "again.json"
+    code = main(["doctor", "--level", "quick", "--json", str(live)])
+    assert main(["doctor", "--replay", str(live), "--json", str(again)]) == code
+    assert verdicts(again) == verdicts(live)
+    assert any(cid == "engine.reachable" for cid, _ in verdicts(again))
+    data = json.loads(live.read_text())
+    assert data["schema"] == 2 and data["readings"]["host"]["status"] == "no-driver"
+
+
+def test_live_here_standard_run_replays_to_the_same_verdicts(
+    no_nvidia: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("torch")
+    live, again = tmp_path / "live.json", tmp_path / "again.json"
+    assert main(["doctor", "--here", "--level", "standard", "--json", str(live)]) == ExitCode.OK
+    assert main(["doctor", "--replay", str(live), "--json", str(again)]) == ExitCode.OK
+    assert verdicts(again) == verdicts(live)
+    ids = [cid for cid, _ in verdicts(live)]
+    assert "framework.cuda_init" in ids and "perf.matmul_bf16" in ids
+    recorded = json.loads(live.read_text())["readings"]["framework"]
+    assert recorded["cuda"]["built"] is None  # the CPU build of torch, recorded as read
+
+
+def test_a_schema_1_report_is_refused_for_replay(capsys: pytest.CaptureFixture[str]) -> None:
+    old = REPORTS / "gpu-a.json"
+    assert json.loads(old.read_text())["schema"] == 1
+    assert DoctorReport.load(old).readings is None  # it still loads, for `cudabox report`
+    assert main(["doctor", "--replay", str(old)]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "has no readings" in err and "cudabox doctor --json FILE" in err
+
+
+def test_replay_refuses_flags_that_would_change_the_reading(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fixture = REPORTS / "replay" / "h200-healthy.json"
+    assert main(["doctor", "--replay", str(fixture), "--level", "full"]) == ExitCode.USAGE
+    assert "drop --level" in capsys.readouterr().err
+
+
+def test_replay_without_readings_is_a_usage_error() -> None:
+    report = DoctorReport.load(REPORTS / "gpu-b.json")
+    with pytest.raises(UsageError, match="nothing to judge again"):
+        replay(report)
+
+
+# --- framework.cuda_init: CUDA that cannot start where NVML lists GPUs ------------------------
+
+ERROR_802 = (
+    "Unexpected error from cudaGetDeviceCount(). Did you run some cuda functions before calling "
+    "NumCudaDevices() that might have already set an error? Error 802: system not yet initialized"
+)
+
+
+def script_result(error: str | None, built: str | None = "13.0") -> dict[str, object]:
+    """What gpu_checks.py prints when torch sees no GPU (CUDA build, is_available() False)."""
+    cuda_init = {
+        "id": "framework.cuda_init",
+        "layer": "framework",
+        "status": "skip",
+        "message": f"no GPU: {error}",
+    }
+    return {"checks": [cuda_init], "measurements": [], "cuda": {"built": built, "error": error}}
+
+
+def gpu_host_readings(result: dict[str, object], gpus: bool = True) -> tuple[Readings, object]:
+    reading = read_host(SCENARIOS["healthy"], env={}, with_health=True)
+    return Readings(host=reading.health, framework=result, framework_gpus=gpus), reading.profile
+
+
+def test_error_802_with_gpus_enumerated_fails_with_the_fabric_manager_fix() -> None:
+    readings, profile = gpu_host_readings(script_result(ERROR_802))
+    checks = {c.id: c for c in judge_framework(readings, profile, "torch")}  # type: ignore[arg-type]
+    cuda = checks["framework.cuda_init"]
+    assert cuda.status == "fail" and "NVML lists 1 GPU(s)" in cuda.message
+    assert cuda.fix is not None and "nvidia-fabricmanager" in cuda.fix and "Fabric" in cuda.fix
+    assert "driver's version" in cuda.fix
+    for cid in ("perf.matmul_bf16", "perf.h2d_bandwidth"):  # cannot run: skip, saying why
+        assert checks[cid].status == "skip" and "CUDA did not start" in checks[cid].message
+        assert "802" in checks[cid].message
+
+
+def test_other_cuda_init_errors_keep_their_own_fix() -> None:
+    readings, profile = gpu_host_readings(
+        script_result("CUDA driver version is insufficient for CUDA runtime version")
+    )
+    (cuda,) = [c for c in judge_framework(readings, profile, "torch") if c.id.endswith("init")]  # type: ignore[arg-type]
+    assert cuda.status == "fail" and cuda.fix is not None
+    assert "upgrade the driver" in cuda.fix and "fabricmanager" not in cuda.fix
+
+
+def test_cuda_init_stays_a_skip_where_no_gpu_is_expected() -> None:
+    # A CPU build of torch on a GPU host, and a container started without GPUs.
+    for result, gpus in ((script_result("no CUDA", built=None), True), (script_result("x"), False)):
+        readings, profile = gpu_host_readings(result, gpus)
+        (found,) = [c for c in judge_framework(readings, profile, "torch") if "init" in c.id]  # type: ignore[arg-type]
+        assert found.status == "skip"
+    # No GPU in NVML at all: the message says why, the status stays skip.
+    none = read_host(SCENARIOS["no-driver"], env={}, with_health=True)
+    readings = Readings(host=none.health, framework=script_result(ERROR_802))
+    cuda = judge_framework(readings, none.profile, "torch")[0]
+    assert cuda.status == "skip" and cuda_init_check(cuda, {}, readings, none.profile) == cuda
+
+
+def test_doctor_exits_one_on_error_802(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fixture = REPORTS / "replay" / "h200-cuda-802.json"
+    assert main(["doctor", "--replay", str(fixture)]) == ExitCode.FAILED
+    out = capsys.readouterr().out
+    assert "FAIL framework.cuda_init" in out and "nvidia-fabricmanager" in out
+
+
+# --- the recorded fixtures: every one replays to the verdicts it recorded ---------------------
+
+FIXTURES = sorted((REPORTS / "replay").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
+def test_each_fixture_replays_to_its_recorded_verdicts(path: Path) -> None:
+    again = replay(DoctorReport.load(path))
+    assert [(c.id, c.status) for c in again.checks] == verdicts(path)
+
+
+def test_the_healthy_fixture_is_all_pass() -> None:
+    report = replay(DoctorReport.load(REPORTS / "replay" / "h200-healthy.json"))
+    bad = [(c.id, c.status, c.message) for c in report.checks if c.status in ("fail", "warn")]
+    assert bad == [] and report.exit_code() == ExitCode.OK
