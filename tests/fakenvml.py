@@ -7,6 +7,8 @@ holds one named host per failure that real hosts have shown.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
@@ -50,6 +52,17 @@ class FakeGpu:
     clock_reasons: int = 0x1  # idle
     pcie_gen: tuple[int, int, int] = (1, 5, 5)  # current, max of link, max of GPU
     pcie_width: tuple[int, int] = (16, 16)
+    # An HGX H100 SXM board by default: fabric registered, 18 NVLink links up, nothing to recover.
+    vbios: str = "96.00.99.00.01"
+    power_limit_mw: int = 700000
+    power_mw: int = 72000
+    fabric: tuple[int, int] | None = (3, 0)  # (state, status); None: no fabric API (NOT_SUPPORTED)
+    recovery_action: int | None = 0  # None: the field is not supported by this driver
+    nvlinks: tuple[int, ...] | None = (1,) * 18  # state per link; None: no NVLink
+    replay_count: int | None = 0
+    temperature: int = 34
+    sm_clock: tuple[int, int] = (345, 1980)  # current (idle), max
+    events: bool = True  # can report Xid events
     lost: bool = False  # every query raises GPU_IS_LOST
     fail: Mapping[str, int] = field(default_factory=dict)  # function name -> NVML error code
 
@@ -66,8 +79,10 @@ class FakeNvml:
     missing: set[str] = field(default_factory=set)  # functions the "driver" lacks
     fail: dict[str, int] = field(default_factory=dict)  # library-wide failures
     shutdowns: int = 0
+    xids: deque[tuple[int, int]] = field(default_factory=deque)  # (GPU index, Xid) still to report
 
     NVMLError = pynvml.NVMLError
+    c_nvmlGpuFabricInfo_t = pynvml.c_nvmlGpuFabricInfo_t
 
     def __getattribute__(self, name: str) -> Any:
         if name.startswith("nvml") and name in object.__getattribute__(self, "missing"):
@@ -124,9 +139,13 @@ class FakeNvml:
 
     # -- devices: a handle holds the FakeGpu, and the FakeMig for a MIG instance --
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:
-        handle = SimpleNamespace(gpu=self.gpus[index], mig=None)
+        handle = SimpleNamespace(gpu=self.gpus[index], mig=None, index=index)
         self._gpu(handle, "nvmlDeviceGetHandleByIndex")
         return handle
+
+    def nvmlDeviceGetIndex(self, h: Any) -> int:
+        self._gpu(h, "nvmlDeviceGetIndex")
+        return int(h.index)
 
     def nvmlDeviceGetUUID(self, h: Any) -> str:
         gpu = self._gpu(h, "nvmlDeviceGetUUID")
@@ -211,9 +230,133 @@ class FakeNvml:
     def nvmlDeviceGetMaxPcieLinkWidth(self, h: Any) -> int:
         return self._gpu(h, "nvmlDeviceGetMaxPcieLinkWidth").pcie_width[1]
 
+    # -- hardware-fault readings --
+    def nvmlDeviceGetVbiosVersion(self, h: Any) -> str:
+        return self._gpu(h, "nvmlDeviceGetVbiosVersion").vbios
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetEnforcedPowerLimit").power_limit_mw
+
+    def nvmlDeviceGetPowerManagementLimit(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetPowerManagementLimit").power_limit_mw
+
+    def nvmlDeviceGetPowerUsage(self, h: Any) -> int:
+        return self._gpu(h, "nvmlDeviceGetPowerUsage").power_mw
+
+    def nvmlDeviceGetGpuFabricInfo(self, h: Any, info: Any) -> int:
+        gpu = self._gpu(h, "nvmlDeviceGetGpuFabricInfo")
+        if gpu.fabric is None:
+            raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        target = info._obj  # the binding takes ctypes.byref(c_nvmlGpuFabricInfo_t())
+        target.state, target.status = gpu.fabric
+        return pynvml.NVML_SUCCESS
+
+    def nvmlDeviceGetFieldValues(self, h: Any, field_ids: list[int]) -> Any:
+        gpu = self._gpu(h, "nvmlDeviceGetFieldValues")
+        known = {
+            pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION: gpu.recovery_action,
+            pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT: None if gpu.nvlinks is None else len(gpu.nvlinks),
+        }
+        values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for slot, field_id in enumerate(field_ids):
+            values[slot].fieldId = field_id
+            value = known.get(field_id)
+            if value is None:  # NVML answers per field: NOT_SUPPORTED for this one only
+                values[slot].nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                continue
+            values[slot].nvmlReturn = pynvml.NVML_SUCCESS
+            values[slot].valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+            values[slot].value.uiVal = value
+        return values
+
+    def nvmlDeviceGetNvLinkState(self, h: Any, link: int) -> int:
+        gpu = self._gpu(h, "nvmlDeviceGetNvLinkState")
+        if gpu.nvlinks is None:
+            raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if link >= len(gpu.nvlinks):
+            raise err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return gpu.nvlinks[link]
+
+    def nvmlDeviceGetPcieReplayCounter(self, h: Any) -> int:
+        gpu = self._gpu(h, "nvmlDeviceGetPcieReplayCounter")
+        if gpu.replay_count is None:
+            raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return gpu.replay_count
+
+    def nvmlDeviceGetTemperature(self, h: Any, sensor: int) -> int:
+        assert sensor == pynvml.NVML_TEMPERATURE_GPU
+        return self._gpu(h, "nvmlDeviceGetTemperature").temperature
+
+    def nvmlDeviceGetClockInfo(self, h: Any, kind: int) -> int:
+        assert kind == pynvml.NVML_CLOCK_SM
+        return self._gpu(h, "nvmlDeviceGetClockInfo").sm_clock[0]
+
+    def nvmlDeviceGetMaxClockInfo(self, h: Any, kind: int) -> int:
+        assert kind == pynvml.NVML_CLOCK_SM
+        return self._gpu(h, "nvmlDeviceGetMaxClockInfo").sm_clock[1]
+
+    # -- Xid events: `xids` holds what the "driver" will report; raise_xid adds one live --
+    def raise_xid(self, index: int, xid: int) -> None:
+        self.xids.append((index, xid))
+
+    def nvmlEventSetCreate(self) -> Any:
+        self._system("nvmlEventSetCreate")
+        return SimpleNamespace(registered=set(), freed=False)
+
+    def nvmlDeviceRegisterEvents(self, h: Any, kinds: int, event_set: Any) -> None:
+        gpu = self._gpu(h, "nvmlDeviceRegisterEvents")
+        assert kinds & pynvml.nvmlEventTypeXidCriticalError
+        if not gpu.events:
+            raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        event_set.registered.add(h.index)
+
+    def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int) -> Any:
+        for _ in range(len(self.xids)):
+            index, xid = self.xids.popleft()
+            if index in event_set.registered:
+                return SimpleNamespace(
+                    device=self.nvmlDeviceGetHandleByIndex(index),
+                    eventType=pynvml.nvmlEventTypeXidCriticalError,
+                    eventData=xid,
+                )
+            self.xids.append((index, xid))  # not watched: left for another set
+        time.sleep(min(timeout_ms, 5) / 1000)  # the real call blocks up to timeout_ms
+        raise err(pynvml.NVML_ERROR_TIMEOUT)
+
+    def nvmlEventSetFree(self, event_set: Any) -> None:
+        event_set.freed = True
+
 
 def healthy(**gpu: Any) -> FakeNvml:
     return FakeNvml(gpus=[replace(FakeGpu(), **gpu)])
+
+
+def board(count: int = 8, **changes: Any) -> list[FakeGpu]:
+    """An HGX board of `count` GPUs; `changes` apply to GPU 1 (the faulty one)."""
+    gpus = [
+        replace(
+            FakeGpu(),
+            uuid=f"GPU-{n:08d}-2222-3333-4444-555555555555",
+            bus_id=f"00000000:{0x18 + n:02X}:00.0",
+        )
+        for n in range(count)
+    ]
+    gpus[1] = replace(gpus[1], **changes)
+    return gpus
+
+
+# The Xids issue 17 names, each with a kernel log line as the driver writes it (GPU 0, bus 18).
+XID_LINES: dict[int, str] = {
+    79: "NVRM: Xid (PCI:0000:18:00): 79, pid=2411, name=python, GPU has fallen off the bus.",
+    48: "NVRM: Xid (PCI:0000:18:00): 48, pid=2411, name=python, An uncorrectable double bit error (DBE) has been detected on GPU in the framebuffer at partition 6, subpartition 0.",
+    63: "NVRM: Xid (PCI:0000:18:00): 63, pid=1896, Row Remapper: New row marked for remapping, reset gpu to activate.",
+    64: "NVRM: Xid (PCI:0000:18:00): 64, pid=1896, Row Remapper: Failed to record a row remap.",
+    94: "NVRM: Xid (PCI:0000:18:00): 94, pid=2411, name=python, Contained: SM (0x1). RST: No, D-RST: No",
+    95: "NVRM: Xid (PCI:0000:18:00): 95, pid=2411, name=python, Uncontained: FBHUB. RST: Yes, D-RST: No",
+    119: "NVRM: Xid (PCI:0000:18:00): 119, pid=2411, name=python, Timeout after 6s of waiting for RPC response from GPU0 GSP! Expected function 76 (GSP_RM_CONTROL).",
+    120: "NVRM: Xid (PCI:0000:18:00): 120, pid=2411, name=python, GSP task timeout @ pc:0x4bd36ec, task: 1",
+    74: "NVRM: Xid (PCI:0000:18:00): 74, pid=2411, name=python, NVLink: fatal error detected on link 4(0x0, 0x0, 0x10000, 0x0, 0x0, 0x0, 0x0)",
+}
 
 
 # One scenario per real failure; the tests assert each one's status and fix.
@@ -247,6 +390,35 @@ SCENARIOS: dict[str, FakeNvml] = {
     "library-skew": FakeNvml(nvml_version="13.580.82.07"),
     "no-driver": FakeNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND),
     "gpu-lost": FakeNvml(gpus=[FakeGpu(), replace(FakeGpu(), uuid="GPU-lost", lost=True)]),
+    "row-remaps-over-limit": healthy(remapped_rows=(500, 20, 0, 0)),
+    "retired-pages-over-limit": healthy(
+        name="Tesla V100-SXM2-32GB", cc=(7, 0), remapped_rows=None, retired_sbe=tuple(range(63))
+    ),
+    "fabric-not-started": FakeNvml(gpus=board(fabric=(1, 0))),
+    "fabric-failed": FakeNvml(gpus=board(fabric=(3, pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES))),
+    "recovery-reboot": healthy(recovery_action=2),
+    "recovery-reset": healthy(recovery_action=1),
+    "nvlink-down": FakeNvml(gpus=board(nvlinks=(1,) * 17 + (0,))),
+    "h100-nvl-pair": FakeNvml(  # 12 links by design: no sibling has more, so no fault
+        gpus=[
+            replace(
+                g,
+                name="NVIDIA H100 NVL",
+                pci_device_id=0x232110DE,
+                nvlinks=(1,) * 12,
+                fabric=(0, 0),
+            )
+            for g in board(2)
+        ]
+    ),
+    "pcie-consumer": healthy(  # no fabric, NVLink, recovery field or replay counter
+        name="NVIDIA GeForce RTX 4090",
+        fabric=None,
+        nvlinks=None,
+        recovery_action=None,
+        replay_count=None,
+    ),
+    **{f"xid-{xid}": FakeNvml(gpus=[FakeGpu()], xids=deque([(0, xid)])) for xid in XID_LINES},
     "old-driver-api": FakeNvml(
         missing={
             "nvmlDeviceGetCurrentClocksEventReasons",

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
 import pynvml
 import pytest
 
 from cudabox import nvml
+from cudabox.errors import UsageError
 from cudabox.nvml import apply_visibility, probe
 from fakenvml import FakeGpu, FakeMig, FakeNvml
 
@@ -188,3 +196,148 @@ def test_the_unofficial_pynvml_distribution_is_refused(monkeypatch: pytest.Monke
     assert profile.status == "error"
     assert "not NVIDIA's nvidia-ml-py" in (profile.message or "")
     assert profile.fix == "pip uninstall pynvml && pip install nvidia-ml-py"
+
+
+# --- the doctor's hardware readings, their JSON, the Xid watch and the sampler (issue 17) -----
+
+
+def test_hardware_readings_come_in_the_same_pass() -> None:
+    (gpu,) = nvml.health(FakeNvml(gpus=[H100])).gpus
+    assert gpu.error is None
+    assert (gpu.vbios_version, gpu.power_limit_w, gpu.power_w) == ("96.00.99.00.01", 700.0, 72.0)
+    assert (gpu.fabric_state, gpu.fabric_status, gpu.recovery_action) == ("completed", None, "none")
+    assert (gpu.nvlink_active, gpu.nvlink_total, gpu.pcie_replay_count) == (18, 18, 0)
+    assert (gpu.temperature_c, gpu.sm_clock_mhz, gpu.max_sm_clock_mhz) == (34, 345, 1980)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"fabric": (1, 0)}, {"fabric_state": "not_started", "fabric_status": None}),
+        (
+            {"fabric": (3, pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES)},
+            {"fabric_state": "completed", "fabric_status": "NVML Error with code 23"},
+        ),
+        ({"fabric": (2, 0)}, {"fabric_state": "in_progress"}),
+        ({"recovery_action": 2}, {"recovery_action": "reboot"}),
+        ({"recovery_action": 3}, {"recovery_action": "drain"}),
+        ({"nvlinks": (1, 1, 0, 1)}, {"nvlink_active": 3, "nvlink_total": 4}),
+        ({"replay_count": 17}, {"pcie_replay_count": 17}),
+    ],
+)
+def test_hardware_faults_as_nvml_reports_them(
+    changes: dict[str, object], expected: dict[str, object]
+) -> None:
+    (gpu,) = nvml.health(FakeNvml(gpus=[replace(H100, **changes)])).gpus
+    for key, value in expected.items():
+        assert getattr(gpu, key) == value, key
+
+
+def test_unsupported_hardware_readings_are_none_not_a_crash() -> None:
+    consumer = replace(H100, fabric=None, nvlinks=None, recovery_action=None, replay_count=None)
+    lib = FakeNvml(gpus=[consumer], missing={"nvmlDeviceGetEnforcedPowerLimit"})
+    (gpu,) = nvml.health(lib).gpus
+    assert gpu.error is None
+    assert (gpu.fabric_state, gpu.recovery_action, gpu.pcie_replay_count) == (None, None, None)
+    assert (gpu.nvlink_active, gpu.nvlink_total) == (None, None)
+    assert gpu.power_limit_w == 700.0  # the older power-management limit call
+
+
+def test_without_a_link_count_field_links_are_counted_until_the_driver_says_stop() -> None:
+    lib = FakeNvml(gpus=[replace(H100, nvlinks=(1, 0, 1))])
+    lib.missing = {"nvmlDeviceGetFieldValues"}  # an old driver: no field values at all
+    (gpu,) = nvml.health(lib).gpus
+    assert (gpu.nvlink_active, gpu.nvlink_total, gpu.recovery_action) == (2, 3, None)
+
+
+def test_a_lost_gpu_is_still_unreadable_through_the_new_readings() -> None:
+    lost = replace(H100, fail={"nvmlDeviceGetNvLinkState": pynvml.NVML_ERROR_GPU_IS_LOST})
+    (gpu,) = nvml.health(FakeNvml(gpus=[lost])).gpus
+    assert gpu.error is not None and "GPU is lost" in gpu.error
+
+
+def test_health_json_round_trip() -> None:
+    health = nvml.health(FakeNvml(gpus=[H100, replace(A100, fabric=(1, 0), recovery_action=1)]))
+    data = json.loads(json.dumps(health.to_json()))
+    assert nvml.HostHealth.from_json(data) == health
+    sick = nvml.health(FakeNvml(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
+    assert nvml.HostHealth.from_json(sick.to_json()) == sick
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("device_count"), "has no 'device_count' key"),
+        (lambda d: d.update(extra=1), "unknown key 'extra'"),
+        (lambda d: d.update(status="fine"), "status must be one of ok, no-driver, error"),
+        (lambda d: d["gpus"][0].pop("nvlink_active"), "gpus[0] has no 'nvlink_active' key"),
+        (lambda d: d["gpus"][0].update(nvlink_active=-1), "gpus[0].nvlink_active must be a whole"),
+        (lambda d: d["gpus"][0].update(ecc_enabled=1), "gpus[0].ecc_enabled must be true, false"),
+        (lambda d: d["gpus"][0].update(power_w="72"), "gpus[0].power_w must be a number"),
+        (lambda d: d["gpus"][0].update(fabric_state="up"), "fabric_state must be one of"),
+        (lambda d: d["gpus"][0].update(recovery_action="pray"), "recovery_action must be one of"),
+        (lambda d: d["gpus"].append(dict(d["gpus"][0])), "two GPUs have the same index"),
+        (lambda d: d.update(gpus=[3]), "gpus[0] must be an object"),
+    ],
+)
+def test_health_json_is_checked_key_by_key(edit: Any, message: str) -> None:
+    data = nvml.health(FakeNvml(gpus=[H100])).to_json()
+    edit(data)
+    with pytest.raises(UsageError, match=re.escape(message)) as caught:
+        nvml.HostHealth.from_json(data, where="report a.json: readings.host")
+    assert "report a.json: readings.host" in caught.value.message
+    assert caught.value.fix is not None and "cudabox doctor --json" in caught.value.fix
+
+
+def test_xid_watch_collects_events_while_its_block_runs() -> None:
+    lib = FakeNvml(gpus=[H100, A100, replace(H100, uuid="GPU-x", events=False)])
+    with nvml.XidWatch(lib, poll_ms=5) as watch:
+        assert watch.supported and watch.watched == (0, 1)
+        lib.raise_xid(1, 79)
+        lib.raise_xid(2, 48)  # GPU 2 cannot report events: never seen
+        lib.raise_xid(0, 63)
+        time.sleep(0.2)
+    assert [(e.gpu_index, e.xid) for e in watch.events] == [(1, 79), (0, 63)]
+    assert all(e.time > 0 for e in watch.events)
+    assert lib.shutdowns == 1
+
+
+def test_xid_watch_takes_events_that_arrive_as_it_closes() -> None:
+    lib = FakeNvml(gpus=[H100])
+    with nvml.XidWatch(lib, poll_ms=10_000) as watch:  # the thread would wait long: closing drains
+        lib.raise_xid(0, 95)
+    assert [e.xid for e in watch.events] == [95]
+
+
+@pytest.mark.parametrize(
+    ("lib", "reason"),
+    [
+        (FakeNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND), "NVML cannot start"),
+        (FakeNvml(gpus=[replace(H100, events=False)]), "reports no Xid events"),
+        (FakeNvml(gpus=[H100], missing={"nvmlEventSetCreate"}), "events are not available"),
+    ],
+)
+def test_xid_watch_never_raises_where_it_cannot_watch(lib: FakeNvml, reason: str) -> None:
+    with nvml.XidWatch(lib) as watch:
+        pass
+    assert not watch.supported and watch.events == ()
+    assert watch.reason is not None and reason in watch.reason
+
+
+def test_sample_gpus_reads_every_gpu_each_interval() -> None:
+    lib = FakeNvml(gpus=[H100, replace(A100, temperature=71, clock_reasons=0x8)])
+    samples = nvml.sample_gpus(lib, seconds=0.1, interval=0.05)
+    assert sorted({s.t for s in samples}) == sorted({s.t for s in samples if s.index == 0})
+    assert len(samples) == 6  # t = 0, 0.05, 0.1 for two GPUs
+    hot = [s for s in samples if s.index == 1]
+    assert {(s.temperature_c, s.sm_clock_mhz, s.power_w, s.clock_event_reasons) for s in hot} == {
+        (71, 345, 72.0, 0x8)
+    }
+    assert hot[-1].t >= 0.09  # the third round, a sampling interval after the second
+
+
+def test_sample_gpus_stops_when_told_and_never_raises() -> None:
+    stop = threading.Event()
+    stop.set()
+    assert len(nvml.sample_gpus(FakeNvml(gpus=[H100]), seconds=60, stop=stop)) == 1
+    assert nvml.sample_gpus(FakeNvml(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED), 1) == []

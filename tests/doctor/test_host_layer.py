@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 
 from cudabox import nvml
-from cudabox.doctor.host_layer import HostReadings, host_checks, read_kernel_module, read_pci_gpus
+from cudabox.doctor.health_data import load_limits
+from cudabox.doctor.host_layer import (
+    HostReadings,
+    host_checks,
+    read_kernel_module,
+    read_pci_gpus,
+    replay_delta_check,
+)
 from cudabox.doctor.model import Check
-from fakenvml import SCENARIOS, FakeGpu, FakeNvml
+from fakenvml import SCENARIOS, FakeGpu, FakeNvml, board
 
 
 def run(
@@ -220,3 +227,155 @@ def test_kernel_module_version_is_read_from_proc(tmp_path: Path) -> None:
     )
     assert read_kernel_module(proc) == "580.95.05"
     assert read_kernel_module(tmp_path / "absent") is None
+
+
+# --- issue 17: fabric manager, recovery action, memory limits, PCIe replays, NVLink ----------
+
+
+def test_healthy_board_passes_the_hardware_checks() -> None:
+    checks = run(FakeNvml(gpus=board(8)))
+    for n in range(8):
+        for name in ("fabric", "recovery_action", "pcie_replay", "nvlink"):
+            found = checks[f"host.{name}.gpu{n}"]
+            assert found.status == "pass", (found.id, found.message)
+    assert checks["host.nvlink.gpu3"].value == "18/18"
+    assert checks["host.fabric.gpu0"].value == "completed"
+
+
+def test_fabric_manager_not_started_fails_with_the_fix() -> None:
+    # The GPUs enumerate (NVML lists them) but CUDA would fail with error 802.
+    checks = run(SCENARIOS["fabric-not-started"], module="580.95.05")
+    assert checks["host.gpus_enumerated"].status == "pass"
+    found = checks["host.fabric.gpu1"]
+    assert (found.status, found.value, found.expected) == ("fail", "not_started", "completed")
+    assert "802" in found.message
+    assert found.fix is not None
+    assert "nvidia-fabricmanager" in found.fix and "580.95.05" in found.fix
+    assert "nvidia-smi -q | grep -A2 Fabric" in found.fix
+    assert checks["host.fabric.gpu0"].status == "pass"
+
+
+def test_fabric_registration_error_fails_with_nvml_text() -> None:
+    found = run(SCENARIOS["fabric-failed"])["host.fabric.gpu1"]
+    assert (found.status, found.value) == ("fail", "failed")
+    # Without a driver the binding names the code only; with one, nvmlErrorString's text.
+    assert "NVML Error with code 23" in found.message
+    assert found.fix is not None and "same version as the driver" in found.fix
+
+
+def test_gpus_without_a_fabric_skip_it() -> None:
+    for scenario in ("h100-nvl-pair", "pcie-consumer"):
+        assert run(SCENARIOS[scenario])["host.fabric.gpu0"].status == "skip"
+
+
+@pytest.mark.parametrize(
+    ("scenario", "value", "fix"),
+    [("recovery-reboot", "reboot", "reboot it"), ("recovery-reset", "reset", "nvidia-smi -r -i 0")],
+)
+def test_recovery_action_fails_with_what_to_do(scenario: str, value: str, fix: str) -> None:
+    found = run(SCENARIOS[scenario])["host.recovery_action.gpu0"]
+    assert (found.status, found.value, found.expected) == ("fail", value, "none")
+    assert found.fix is not None and fix in found.fix
+
+
+def test_row_remaps_over_the_limit_fail() -> None:
+    found = run(SCENARIOS["row-remaps-over-limit"])["host.retired_memory.gpu0"]
+    assert (found.status, found.value, found.expected) == ("fail", 520, 512)
+    assert found.fix is not None and "RMA" in found.fix and "dcgmi diag -r 3" in found.fix
+
+
+def test_row_remaps_under_the_limit_pass() -> None:
+    found = run(FakeNvml(gpus=[replace(FakeGpu(), remapped_rows=(400, 111, 0, 0))]))[
+        "host.retired_memory.gpu0"
+    ]
+    assert (found.status, found.value, found.expected) == ("pass", 511, 512)
+
+
+def test_retired_pages_at_dcgms_limit_fail() -> None:
+    found = run(SCENARIOS["retired-pages-over-limit"])["host.retired_memory.gpu0"]
+    assert (found.status, found.value, found.expected) == ("fail", 63, 63)
+    assert found.fix is not None and "RMA" in found.fix
+
+
+def test_limits_come_from_the_sourced_data() -> None:
+    limits = load_limits()
+    assert (limits.retired_pages_fail, limits.remapped_rows_fail) == (63, 512)
+    assert (limits.retired_pages_warn, limits.pcie_replays_per_minute) == (10, 8)
+
+
+def test_pending_remap_fails_even_with_few_rows() -> None:
+    found = run(SCENARIOS["remap-pending"])["host.retired_memory.gpu0"]
+    assert (found.status, found.value) == ("fail", 1)
+    assert found.fix is not None and "nvidia-smi -r -i 0" in found.fix
+
+
+def test_gpu_with_fewer_nvlink_links_than_its_siblings_fails() -> None:
+    checks = run(SCENARIOS["nvlink-down"])
+    found = checks["host.nvlink.gpu1"]
+    assert (found.status, found.value, found.expected) == ("fail", "17/18", "18/18")
+    assert found.fix is not None and "nvidia-smi nvlink -s -i 1" in found.fix
+    assert [checks[f"host.nvlink.gpu{n}"].status for n in (0, 2, 7)] == ["pass"] * 3
+
+
+def test_h100_nvl_with_twelve_links_by_design_passes() -> None:
+    checks = run(SCENARIOS["h100-nvl-pair"])
+    assert [checks[f"host.nvlink.gpu{n}"].value for n in (0, 1)] == ["12/12", "12/12"]
+    assert {checks[f"host.nvlink.gpu{n}"].status for n in (0, 1)} == {"pass"}
+
+
+def test_siblings_are_gpus_of_the_same_model_only() -> None:
+    # An A100 with 12 links beside H100s with 18 is not a fault: different models.
+    a100 = replace(
+        FakeGpu(), name="NVIDIA A100-SXM4-80GB", pci_device_id=0x20B210DE, nvlinks=(1,) * 12
+    )
+    gpus = board(2)
+    checks = run(FakeNvml(gpus=[*gpus, replace(a100, uuid="GPU-a100", bus_id="00000000:40:00.0")]))
+    assert checks["host.nvlink.gpu2"].status == "pass"
+
+
+def test_consumer_gpu_skips_what_it_lacks() -> None:
+    checks = run(SCENARIOS["pcie-consumer"])
+    for name in ("fabric", "recovery_action", "pcie_replay", "nvlink"):
+        assert checks[f"host.{name}.gpu0"].status == "skip", name
+
+
+def test_pcie_replay_count_is_reported() -> None:
+    found = run(FakeNvml(gpus=[replace(FakeGpu(), replay_count=42)]))["host.pcie_replay.gpu0"]
+    assert (found.status, found.value, found.unit) == ("pass", 42, "replays")
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "seconds", "status", "expected"),
+    [
+        (100, 100, 5.0, "pass", 8.0),
+        (100, 108, 5.0, "pass", 8.0),  # a short window is judged as one minute
+        (100, 109, 5.0, "fail", 8.0),  # over DCGM's 8 a minute
+        (0, 16, 120.0, "pass", 16.0),
+        (0, 17, 120.0, "fail", 16.0),
+        (None, 5, 5.0, "skip", None),
+        (9, 3, 5.0, "skip", None),  # the counter went back: a reset during the load
+    ],
+)
+def test_replay_delta_against_dcgms_rate(
+    before: int | None, after: int | None, seconds: float, status: str, expected: float | None
+) -> None:
+    found = replay_delta_check(before, after, seconds, gpu=3)
+    assert found.id == "perf.pcie_replay.gpu3"
+    assert (found.status, found.expected) == (status, expected)
+    if status == "fail":
+        assert found.fix is not None and "reseat the GPU" in found.fix
+
+
+def test_an_unexpected_nvml_error_in_a_new_reading_does_not_make_the_gpu_unreadable() -> None:
+    gpu = replace(
+        FakeGpu(),
+        fail={
+            "nvmlDeviceGetGpuFabricInfo": nvml.NO_PERMISSION,
+            "nvmlDeviceGetPcieReplayCounter": 999,  # NVML_ERROR_UNKNOWN
+        },
+    )
+    checks = run(FakeNvml(gpus=[gpu]))
+    assert checks["host.gpus_enumerated"].status == "pass"
+    assert checks["host.fabric.gpu0"].status == "skip"
+    assert checks["host.pcie_replay.gpu0"].status == "skip"
+    assert checks["host.ecc.gpu0"].status == "pass"

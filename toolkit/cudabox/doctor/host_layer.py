@@ -1,15 +1,22 @@
 """Layer 1, the host: judge NVML's health readings. Pure functions of the readings below.
 
-The readings come from `cudabox.nvml.health()`, the PCI bus (sysfs) and /proc; tests feed fake
-ones. docs/doctor.md explains each rule and where its threshold comes from.
+The readings come from `cudabox.nvml.health()`, the PCI bus (sysfs), /proc and the kernel log;
+tests feed fake ones. docs/doctor.md explains each rule; the limits and the Xid catalog are
+sourced data (data/health_limits.toml, data/xid.toml).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cudabox.doctor.model import Check, Status, check
+from cudabox.doctor.health_data import HealthLimits, XidInfo, load_limits, load_xids
+from cudabox.doctor.model import Check, Status, XidRecord, check
 from cudabox.host import HostProfile
 from cudabox.nvml import LIB_RM_VERSION_MISMATCH, GpuHealth, HostHealth
 
@@ -58,10 +65,6 @@ _HARMLESS_REASONS = {
     SYNC_BOOST: "sync boost",
     DISPLAY_CLOCKS: "display clocks",
 }
-
-# Retired pages (pre-Ampere): above this many, the GPU's memory is degrading. Meta's GCM health
-# checks use 10 as their default limit (docs/doctor.md cites it); a pending retirement is a fail.
-RETIRED_PAGES_WARN = 10
 
 
 @dataclass(frozen=True)
@@ -120,10 +123,10 @@ def host_checks(readings: HostReadings) -> list[Check]:
         )
         return checks
     checks.append(_enumerated(readings))
-    for gpu in health.gpus:
-        if gpu.error is not None:
-            continue  # host.gpus_enumerated already fails for it, with its own fix
-        checks.extend(gpu_checks(gpu, readings.profile))
+    readable = [g for g in health.gpus if g.error is None]
+    for gpu in readable:
+        # host.gpus_enumerated already fails for an unreadable GPU, with its own fix.
+        checks.extend(gpu_checks(gpu, readings.profile, readable, health.driver_version))
     return checks
 
 
@@ -218,14 +221,26 @@ def _enumerated(r: HostReadings) -> Check:
     )
 
 
-def gpu_checks(gpu: GpuHealth, profile: HostProfile) -> list[Check]:
+def gpu_checks(
+    gpu: GpuHealth,
+    profile: HostProfile,
+    peers: Sequence[GpuHealth] = (),
+    driver: str | None = None,
+    limits: HealthLimits | None = None,
+) -> list[Check]:
+    """One GPU's checks; `peers` are the node's readable GPUs (NVLink compares siblings)."""
+    limits = limits or load_limits()
     return [
         _persistence(gpu),
         _ecc(gpu),
-        _retired_memory(gpu),
+        _retired_memory(gpu, limits),
         _clocks(gpu),
         _pcie_link(gpu),
         _mig(gpu, profile),
+        _fabric(gpu, driver),
+        _recovery_action(gpu),
+        _pcie_replay(gpu),
+        _nvlink(gpu, peers),
     ]
 
 
@@ -285,11 +300,12 @@ def _ecc(g: GpuHealth) -> Check:
     return check(cid, LAYER, "pass", "ECC is on; no uncorrectable errors", 0, 0, unit="errors")
 
 
-def _retired_memory(g: GpuHealth) -> Check:
+def _retired_memory(g: GpuHealth, limits: HealthLimits) -> Check:
     cid = f"host.retired_memory.gpu{g.index}"
     reset = (
         f"reset GPU {g.index} (`nvidia-smi -r -i {g.index}`, with no process using it) or reboot"
     )
+    replace_it = f"drain GPU {g.index}, run `dcgmi diag -r 3` and have the GPU replaced (RMA)"
     if g.remap_failure is not None:
         rows = (g.remapped_rows_correctable or 0) + (g.remapped_rows_uncorrectable or 0)
         if g.remap_failure:
@@ -314,8 +330,26 @@ def _retired_memory(g: GpuHealth) -> Check:
                 unit="rows",
                 fix=reset,
             )
+        if rows >= limits.remapped_rows_fail:
+            return check(
+                cid,
+                LAYER,
+                "fail",
+                f"{rows} memory rows remapped, at or over the limit of {limits.remapped_rows_fail}: "
+                "the GPU's memory is failing",
+                rows,
+                limits.remapped_rows_fail,
+                unit="rows",
+                fix=replace_it,
+            )
         return check(
-            cid, LAYER, "pass", f"{rows} row(s) remapped, none pending", rows, None, unit="rows"
+            cid,
+            LAYER,
+            "pass",
+            f"{rows} row(s) remapped, none pending",
+            rows,
+            limits.remapped_rows_fail,
+            unit="rows",
         )
     if g.retired_pages_pending is not None or g.retired_pages_dbe is not None:
         pages = (g.retired_pages_sbe or 0) + (g.retired_pages_dbe or 0)
@@ -330,19 +364,36 @@ def _retired_memory(g: GpuHealth) -> Check:
                 unit="pages",
                 fix=reset,
             )
-        if pages >= RETIRED_PAGES_WARN:
+        if pages >= limits.retired_pages_fail:
+            return check(
+                cid,
+                LAYER,
+                "fail",
+                f"{pages} memory pages retired, at or over DCGM's limit of {limits.retired_pages_fail}",
+                pages,
+                limits.retired_pages_fail,
+                unit="pages",
+                fix=replace_it,
+            )
+        if pages >= limits.retired_pages_warn:
             return check(
                 cid,
                 LAYER,
                 "warn",
                 f"{pages} memory pages retired: the GPU's memory is degrading",
                 pages,
-                RETIRED_PAGES_WARN,
+                limits.retired_pages_warn,
                 unit="pages",
                 fix="run `dcgmi diag -r 3`; plan to replace the GPU if the count keeps growing",
             )
         return check(
-            cid, LAYER, "pass", f"{pages} page(s) retired, none pending", pages, None, unit="pages"
+            cid,
+            LAYER,
+            "pass",
+            f"{pages} page(s) retired, none pending",
+            pages,
+            limits.retired_pages_fail,
+            unit="pages",
         )
     return check(cid, LAYER, "skip", "no page retirement or row remapping on this GPU (no ECC)")
 
@@ -489,3 +540,363 @@ def _mig(g: GpuHealth, profile: HostProfile) -> Check:
         f"MIG is on with {instances} instance(s); CUDA sees each instance as a device",
         value,
     )
+
+
+def _fabric(g: GpuHealth, driver: str | None) -> Check:
+    cid = f"host.fabric.gpu{g.index}"
+    state = g.fabric_state
+    if state is None or state == "not_supported":
+        return check(cid, LAYER, "skip", "this GPU has no NVSwitch fabric to join")
+    version = f" ({driver})" if driver else ""
+    fix = (
+        f"start the NVIDIA fabric manager of the same version as the driver{version}: "
+        "`systemctl enable --now nvidia-fabricmanager` (the nvidia-fabricmanager package of the "
+        "driver's exact version); `journalctl -u nvidia-fabricmanager` says why it stopped, "
+        "`nvidia-smi -q | grep -A2 Fabric` shows each GPU's state"
+    )
+    if state == "completed" and g.fabric_status is None:
+        return check(cid, LAYER, "pass", "the GPU joined the NVSwitch fabric", state, "completed")
+    if state == "completed":
+        return check(
+            cid,
+            LAYER,
+            "fail",
+            f"the GPU's registration with the NVSwitch fabric failed: {g.fabric_status}; CUDA "
+            "fails on it with error 802 'system not yet initialized'",
+            "failed",
+            "completed",
+            fix=fix,
+        )
+    words = "has not started" if state == "not_started" else "is still in progress"
+    return check(
+        cid,
+        LAYER,
+        "fail",
+        f"the GPU's registration with the NVSwitch fabric {words}: NVML lists the GPU but CUDA "
+        "fails with error 802 'system not yet initialized' until the fabric manager registers it",
+        state,
+        "completed",
+        fix=fix,
+    )
+
+
+_RECOVERY = {
+    "reset": "the driver asks for a GPU reset",
+    "reboot": "the driver asks for a reboot of the node",
+    "drain": "the driver asks to drain peer-to-peer (NVLink) traffic from the GPU",
+    "drain_and_reset": "the driver asks to drain peer-to-peer traffic, then reset the GPU",
+    "recover_imex_domain": "the driver asks to recover the GPU's IMEX domain",
+    "bus_reset": "the driver asks for a reset of the GPU's PCIe bus",
+    "system_reboot": "the driver asks for a reboot of the system",
+}
+
+
+def _recovery_fix(action: str, index: int) -> str:
+    reset = f"reset it (`nvidia-smi -r -i {index}`, with no process using it)"
+    return {
+        "reset": f"drain GPU {index}, then {reset}",
+        "reboot": "drain the node's jobs, then reboot it",
+        "drain": f"stop the jobs using GPU {index} and its NVLink peers; then rerun the doctor",
+        "drain_and_reset": f"stop the jobs using GPU {index} and its NVLink peers, then {reset}",
+        "recover_imex_domain": "restart the IMEX daemon of the GPU's NVLink domain "
+        "(`systemctl restart nvidia-imex`), then rerun the doctor",
+        "bus_reset": f"drain GPU {index}, then {reset} or reboot",
+        "system_reboot": "drain the node's jobs, then reboot it (a full power cycle if a "
+        "reboot does not clear it)",
+    }.get(action, "do what `nvidia-smi -q` says under the GPU's recovery action")
+
+
+def _recovery_action(g: GpuHealth) -> Check:
+    cid = f"host.recovery_action.gpu{g.index}"
+    action = g.recovery_action
+    if action is None:
+        return check(cid, LAYER, "skip", "the driver does not report a recovery action")
+    if action == "none":
+        return check(cid, LAYER, "pass", "the driver asks for no recovery action", action, "none")
+    return check(
+        cid,
+        LAYER,
+        "fail",
+        f"{_RECOVERY.get(action, f'the driver asks for recovery action {action!r}')}: the GPU "
+        "is not fit for work until that is done",
+        action,
+        "none",
+        fix=_recovery_fix(action, g.index),
+    )
+
+
+def _pcie_replay(g: GpuHealth) -> Check:
+    cid = f"host.pcie_replay.gpu{g.index}"
+    count = g.pcie_replay_count
+    if count is None:
+        return check(cid, LAYER, "skip", "the PCIe replay counter is not reported for this GPU")
+    # The count since the driver loaded has no limit of its own: DCGM judges its rate, which
+    # perf.* judges during the copies (replay_delta_check).
+    return check(
+        cid,
+        LAYER,
+        "pass",
+        f"{count} PCIe replay(s) since the driver loaded; the rate under load is what counts",
+        count,
+        unit="replays",
+    )
+
+
+def replay_delta_check(
+    before: int | None,
+    after: int | None,
+    seconds: float,
+    *,
+    gpu: int | None = None,
+    cid: str = "perf.pcie_replay",
+    layer: str = "performance",
+    limits: HealthLimits | None = None,
+) -> Check:
+    """PCIe replays during a load of `seconds`, against DCGM's limit per minute.
+
+    A window shorter than a minute is judged as one minute (its replays all fell within one),
+    so a few replays during a short copy do not extrapolate into a failure.
+    """
+    limits = limits or load_limits()
+    name = f"{cid}.gpu{gpu}" if gpu is not None else cid
+    if before is None or after is None:
+        return check(name, layer, "skip", "the PCIe replay counter is not reported for this GPU")
+    if after < before:
+        return check(
+            name,
+            layer,
+            "skip",
+            f"the replay counter went back from {before} to {after} (the driver reloaded or the "
+            "GPU was reset during the load)",
+        )
+    delta = after - before
+    minutes = max(seconds, 60.0) / 60.0
+    allowed = limits.pcie_replays_per_minute * minutes
+    rate = f"{delta} PCIe replay(s) in {seconds:.1f} s"
+    if delta > allowed:
+        return check(
+            name,
+            layer,
+            "fail",
+            f"{rate}, over DCGM's limit of {limits.pcie_replays_per_minute} a minute: the link "
+            "retransmits packets (signal integrity), so copies slow down and can fail",
+            delta,
+            round(allowed, 1),
+            unit="replays",
+            fix="reseat the GPU and check its riser and cables; `lspci -vv` shows the link's "
+            "error status; if it persists, move the GPU to another slot or have the board serviced",
+        )
+    return check(
+        name,
+        layer,
+        "pass",
+        f"{rate}, within DCGM's limit of {limits.pcie_replays_per_minute} a minute",
+        delta,
+        round(allowed, 1),
+        unit="replays",
+    )
+
+
+def _nvlink(g: GpuHealth, peers: Sequence[GpuHealth]) -> Check:
+    cid = f"host.nvlink.gpu{g.index}"
+    active, total = g.nvlink_active, g.nvlink_total
+    if active is None or not total:
+        return check(
+            cid, LAYER, "skip", "this GPU has no NVLink (or the driver does not report it)"
+        )
+    # Compare with siblings of the same model, not a fixed count: H100 NVL has 12 links by
+    # design, H100 SXM 18, and a PCIe card may carry a bridge on some links only.
+    model = g.pci_device_id or g.name
+    siblings = [
+        p
+        for p in peers
+        if p.index != g.index
+        and (p.pci_device_id or p.name) == model
+        and p.nvlink_active is not None
+        and p.nvlink_total
+    ]
+    value = f"{active}/{total}"
+    if not siblings:
+        return check(
+            cid,
+            LAYER,
+            "pass",
+            f"{active} of {total} NVLink links active; no other GPU of this model to compare with",
+            value,
+        )
+    best = max(p.nvlink_active or 0 for p in siblings)
+    if active < best:
+        return check(
+            cid,
+            LAYER,
+            "fail",
+            f"{active} of {total} NVLink links active, while its siblings of the same model have "
+            f"{best}: GPU-to-GPU traffic over the missing links is lost or rerouted",
+            value,
+            f"{best}/{total}",
+            fix=f"`nvidia-smi nvlink -s -i {g.index}` lists the inactive links and "
+            f"`nvidia-smi nvlink -e -i {g.index}` their errors; reset the GPU (`nvidia-smi -r -i "
+            f"{g.index}`) or reboot; a link that stays down needs the baseboard or NVLink bridge "
+            "serviced",
+        )
+    return check(
+        cid,
+        LAYER,
+        "pass",
+        f"{active} of {total} NVLink links active, as many as its siblings of the same model",
+        value,
+        value,
+    )
+
+
+# --- Xid errors: the kernel log and NVML's events ----------------------------------------------
+
+XID_CID = "host.xid"
+# NVRM: Xid (PCI:0000:65:00): 79, pid=1234, name=python, GPU has fallen off the bus.
+_XID_LINE = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f:.]+)\): (\d+)")
+
+
+def parse_kernel_xids(text: str, gpus: Sequence[GpuHealth] = ()) -> tuple[XidRecord, ...]:
+    """The `NVRM: Xid` lines of kernel log text (/dev/kmsg records or `dmesg` output), each
+    with the NVML index of the GPU whose PCI address it names, where one of `gpus` has it."""
+    by_bus = {_bus_key(g.pci_bus_id): g.index for g in gpus if g.pci_bus_id}
+    found = []
+    for line in text.splitlines():
+        match = _XID_LINE.search(line)
+        if match:
+            record = line[line.index("NVRM: Xid") :].strip()
+            gpu = by_bus.get(_bus_key(match.group(1)))
+            found.append(XidRecord(int(match.group(2)), gpu, "kernel-log", None, record))
+    return tuple(found)
+
+
+def _bus_key(address: str | None) -> tuple[int, ...] | None:
+    """(domain, bus, device) of '0000:65:00' (the kernel's) or '00000000:65:00.0' (NVML's)."""
+    parts = (address or "").split(".")[0].split(":")
+    try:
+        numbers = tuple(int(p, 16) for p in parts)
+    except ValueError:
+        return None
+    return numbers if len(numbers) == 3 else None
+
+
+def read_kernel_xids(
+    gpus: Sequence[GpuHealth] = (),
+    kmsg: Path = Path("/dev/kmsg"),
+    dmesg: Sequence[str] = ("dmesg",),
+) -> tuple[tuple[XidRecord, ...], str | None]:
+    """(Xid lines since boot, None) or ((), why the kernel log cannot be read).
+
+    /dev/kmsg is read without blocking (it waits for new records otherwise); `dmesg` is the
+    fallback where the device is absent, as in most containers.
+    """
+    reasons = []
+    try:
+        return parse_kernel_xids(_read_kmsg(kmsg), gpus), None
+    except OSError as exc:
+        reasons.append(f"{kmsg}: {exc.strerror or exc}")
+    try:
+        done = subprocess.run(list(dmesg), capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        reasons.append(f"{' '.join(dmesg)}: {getattr(exc, 'strerror', None) or exc}")
+    else:
+        if done.returncode == 0:
+            return parse_kernel_xids(done.stdout, gpus), None
+        lines = done.stderr.strip().splitlines()
+        reasons.append(f"{' '.join(dmesg)}: {lines[-1] if lines else f'exit {done.returncode}'}")
+    return (), "the kernel log cannot be read (" + "; ".join(reasons) + ")"
+
+
+def _read_kmsg(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    records = []
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 8192)  # one record per read
+            except BlockingIOError:
+                break  # every record so far is read
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:
+                    continue  # records were overwritten while reading: go on with the next
+                raise
+            if not chunk:
+                break
+            # "priority,sequence,microseconds,flags;message"
+            records.append(chunk.decode(errors="replace").split(";", 1)[-1])
+    finally:
+        os.close(fd)
+    return "".join(records)
+
+
+def xid_check(
+    xids: Sequence[XidRecord],
+    notes: Sequence[str] = (),
+    sources: int = 2,
+    catalog: dict[int, XidInfo] | None = None,
+) -> Check:
+    """One verdict over every Xid seen: the kernel log since boot and NVML's events during the run.
+
+    `notes` hold why a source could not be read, one each; with all `sources` unread and no
+    Xid, the check is a skip.
+    """
+    catalog = catalog if catalog is not None else load_xids()
+    if not xids:
+        if len(notes) >= sources:
+            return check(XID_CID, LAYER, "skip", "no source of Xids: " + "; ".join(notes))
+        unread = f" ({'; '.join(notes)})" if notes else ""
+        return check(XID_CID, LAYER, "pass", f"no Xid error{unread}", 0, 0, unit="Xids")
+    seen: dict[int, list[XidRecord]] = {}
+    for record in xids:
+        seen.setdefault(record.xid, []).append(record)
+    findings: list[tuple[Status, str, str]] = []
+    for xid, records in seen.items():
+        info = catalog.get(xid)
+        gpus = sorted({r.gpu_index for r in records if r.gpu_index is not None})
+        where = _xid_where(records, gpus)
+        if info is None:
+            findings.append(
+                (
+                    "fail",
+                    f"Xid {xid} x{len(records)}{where}: not in cudabox's catalog",
+                    f"Xid {xid}: see NVIDIA's Xid catalog "
+                    "(https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html)",
+                )
+            )
+            continue
+        fix = info.fix
+        if len(gpus) == 1:  # the catalog's `N` becomes the GPU's index
+            fix = re.sub(r"\bN\b", str(gpus[0]), fix).replace("gpuN", f"gpu{gpus[0]}")
+        findings.append(
+            (
+                info.status,
+                f"Xid {xid} ({info.name}) x{len(records)}{where}: {info.meaning}",
+                f"Xid {xid}: {fix}",
+            )
+        )
+    findings.sort(key=lambda f: f[0] != "fail")  # failures first
+    status: Status = "fail" if findings[0][0] == "fail" else "warn"
+    return check(
+        XID_CID,
+        LAYER,
+        status,
+        "; ".join(message for _, message, _ in findings),
+        ", ".join(str(x) for x in seen),
+        "no Xid",
+        fix="; ".join(fix for _, _, fix in findings),
+    )
+
+
+def _xid_where(records: Sequence[XidRecord], gpus: list[int]) -> str:
+    parts = []
+    if gpus:
+        parts.append("on GPU " + ", ".join(str(g) for g in gpus))
+    sources = sorted({r.source for r in records})
+    parts.append(
+        "in "
+        + " and ".join(
+            "the kernel log" if s == "kernel-log" else "NVML's events during the run"
+            for s in sources
+        )
+    )
+    return " " + " ".join(parts)
