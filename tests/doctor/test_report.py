@@ -20,8 +20,8 @@ from cudabox.report import (
     OUTLIER_FAIL_BELOW,
     OUTLIER_WARN_BELOW,
     FleetView,
+    Measurement,
     Outlier,
-    Sample,
     check_matrix,
     choose,
     fleet_view,
@@ -153,7 +153,7 @@ def _health(report: DoctorReport, gpu: int, **changes: Any) -> DoctorReport:
 
 def _problems(view: FleetView) -> set[tuple[str, str, str]]:
     return {
-        (f.sample.node, f.sample.check_id, f.status)
+        (f.measurement.node, f.measurement.check_id, f.status)
         if isinstance(f, Outlier)
         else (f.node, f.field, f.status)
         for f in view.problems()
@@ -162,10 +162,10 @@ def _problems(view: FleetView) -> set[tuple[str, str, str]]:
 
 def test_fleet_fixtures_give_one_slow_node_and_one_vbios_drift() -> None:
     view = fleet_view(load_reports(FLEET4))
-    bf16 = {(o.sample.node, o.sample.gpu) for o in view.outliers if o.status == "fail"}
+    bf16 = {(o.measurement.node, o.measurement.gpu) for o in view.outliers if o.status == "fail"}
     assert bf16 == {("h100-n3", gpu) for gpu in range(8)}
     failing = [o for o in view.outliers if o.status == "fail"]
-    assert all(o.sample.metric == "matmul_bf16" and 0.86 < o.ratio < 0.9 for o in failing)
+    assert all(o.measurement.metric == "matmul_bf16" and 0.86 < o.ratio < 0.9 for o in failing)
     assert all(o.fix and "slower than the fleet's NVIDIA H100 80GB HBM3" in o.fix for o in failing)
     (vbios,) = [d for d in view.drift if d.status != "pass"]
     assert (vbios.node, vbios.field, vbios.status) == ("h100-n4", "vbios_version", "warn")
@@ -184,7 +184,7 @@ def test_a_node_12_percent_below_its_peers_fails_with_the_fix() -> None:
     fleet = [_node("a"), _node("b"), _node("c"), _node("slow", bf16=0.88)]
     view = fleet_view(fleet)
     assert _problems(view) == {("slow", f"perf.matmul_bf16.gpu{g}", "fail") for g in range(8)}
-    slow = next(o for o in view.outliers if o.sample.node == "slow")
+    slow = next(o for o in view.outliers if o.measurement.node == "slow")
     assert slow.ratio == pytest.approx(0.88, abs=0.01)
     assert slow.median == pytest.approx(791.3, rel=0.02)  # the peers' figure, not the slow one's
     assert "of the fleet median" in slow.message and slow.fix is not None
@@ -201,35 +201,39 @@ def test_a_node_7_percent_below_warns_and_a_healthy_fleet_passes() -> None:
 
 
 def test_thresholds_are_strictly_below() -> None:
-    sample = Sample("n", "perf.x.gpu0", "x", "GPU", 0, 90.0, "GB/s")
+    sample = Measurement("n", "perf.x.gpu0", "x", "GPU", 0, 90.0, "GB/s")
     peers = [replace(sample, node=f"p{n}", value=100.0) for n in range(3)]
-    at_fail = {o.sample.node: o.status for o in outliers([*peers, sample])}
+    at_fail = {o.measurement.node: o.status for o in outliers([*peers, sample])}
     assert at_fail["n"] == "warn"  # 0.90 x is not below 0.90 x
     at_warn = outliers([*peers, replace(sample, value=95.0)])
-    assert {o.sample.node: o.status for o in at_warn}["n"] == "pass"
+    assert {o.measurement.node: o.status for o in at_warn}["n"] == "pass"
     assert (OUTLIER_WARN_BELOW, OUTLIER_FAIL_BELOW) == (0.95, 0.90)
 
 
 def test_node_level_nccl_is_compared_per_topology() -> None:
     view = fleet_view([_node("a"), _node("b"), _node("c"), _node("slow", busbw=0.8)])
     (nccl,) = [o for o in view.problems() if isinstance(o, Outlier)]
-    assert (nccl.sample.check_id, nccl.sample.gpu, nccl.status) == ("perf.nccl_busbw", None, "fail")
-    assert nccl.sample.model == "8x NVIDIA H100 80GB HBM3"
+    assert (nccl.measurement.check_id, nccl.measurement.gpu, nccl.status) == (
+        "perf.nccl_busbw",
+        None,
+        "fail",
+    )
+    assert nccl.measurement.model == "8x NVIDIA H100 80GB HBM3"
     assert nccl.fix and "nvidia-smi topo -m" in nccl.fix
 
 
 def test_small_groups_and_other_models_give_no_verdict() -> None:
     # Two nodes: three NCCL values are too few, and the 8 x H100 GPUs of two nodes still compare.
     two = fleet_view([_node("a"), _node("slow", bf16=0.5, busbw=0.5)])
-    assert not any(o.sample.metric == "nccl_busbw" for o in two.outliers)
-    assert {o.sample.node for o in two.outliers if o.status == "fail"} == {"slow"}
+    assert not any(o.measurement.metric == "nccl_busbw" for o in two.outliers)
+    assert {o.measurement.node for o in two.outliers if o.status == "fail"} == {"slow"}
     # A node of another model is not measured against the H100s (and alone, not at all).
     base = _node("other")
     a100 = tuple(replace(g, name="NVIDIA A100-SXM4-80GB") for g in base.host.gpus)
     fleet = [_node("a"), _node("b"), _node("c"), _node("other", bf16=0.5, gpus=a100)]
     view = fleet_view(fleet)
     assert view.problems() == []
-    assert not any(o.sample.node == "other" for o in view.outliers)
+    assert not any(o.measurement.node == "other" for o in view.outliers)
 
 
 def test_drift_driver_and_fewer_gpus_than_siblings() -> None:

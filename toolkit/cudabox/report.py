@@ -100,7 +100,7 @@ _K = TypeVar("_K", bound=Hashable)
 
 
 @dataclass(frozen=True)
-class Sample:
+class Measurement:
     """One perf.* measurement of a node: per GPU (`gpu` set) or for the whole node."""
 
     node: str
@@ -116,7 +116,7 @@ class Sample:
 class Outlier:
     """A measurement against the fleet median of its metric and GPU model."""
 
-    sample: Sample
+    measurement: Measurement
     median: float
     ratio: float
     status: Status
@@ -124,7 +124,7 @@ class Outlier:
     fix: str | None
 
     def to_json(self) -> dict[str, Any]:
-        s = self.sample
+        s = self.measurement
         return {
             "node": s.node,
             "id": s.check_id,
@@ -220,7 +220,7 @@ def gpu_model(name: str | None, pci_device_id: str | None) -> str | None:
     return name or pci_device_id
 
 
-def samples(report: DoctorReport) -> list[Sample]:
+def measurements(report: DoctorReport) -> list[Measurement]:
     """The report's perf.* values (a number, whatever the check's status: a card with no
     expected figure is a skip with a value, and the fleet still compares it)."""
     models = {g.index: gpu_model(g.name, g.pci_device_id) for g in report.host.gpus}
@@ -238,7 +238,9 @@ def samples(report: DoctorReport) -> list[Sample]:
         model = models.get(gpu) if gpu is not None else node_model
         if model is None:  # a GPU the profile does not name, or a node with no GPU
             continue
-        out.append(Sample(report.node, c.id, match["metric"], model, gpu, float(value), c.unit))
+        out.append(
+            Measurement(report.node, c.id, match["metric"], model, gpu, float(value), c.unit)
+        )
     return out
 
 
@@ -249,7 +251,7 @@ def _node_model(models: Sequence[str]) -> str | None:
     return " + ".join(f"{n}x {m}" for m, n in sorted(counts.items()))
 
 
-def outliers(found: Sequence[Sample]) -> list[Outlier]:
+def outliers(found: Sequence[Measurement]) -> list[Outlier]:
     """Each sample against the median of its (metric, model) group: higher is better for every
     perf.* figure (rates). Groups too small to have a median of the fleet give no verdict."""
     groups = _grouped(found, lambda s: (s.metric, s.model))
@@ -264,7 +266,7 @@ def outliers(found: Sequence[Sample]) -> list[Outlier]:
     return out
 
 
-def _judge_outlier(s: Sample, median: float, values: int, nodes: int) -> Outlier:
+def _judge_outlier(s: Measurement, median: float, values: int, nodes: int) -> Outlier:
     ratio = s.value / median
     unit = f" {s.unit}" if s.unit else ""
     what = f"GPU {s.gpu}" if s.gpu is not None else "the node"
@@ -278,7 +280,7 @@ def _judge_outlier(s: Sample, median: float, values: int, nodes: int) -> Outlier
     return Outlier(s, median, ratio, status, text, _outlier_fix(s) if status != "pass" else None)
 
 
-def _outlier_fix(s: Sample) -> str:
+def _outlier_fix(s: Measurement) -> str:
     if s.gpu is None:
         return (
             f"this node is slower than its peers at {s.metric}: read its doctor report "
@@ -352,12 +354,12 @@ def _gpu_field(model: str, name: str, gpus: dict[str, list[GpuFacts]]) -> list[D
     if len(read) < MIN_NODES:
         return []
     majority = _majority([v for values in read.values() for _, v in values])
+    per_node: dict[str, Value] = {n: vs[0][1] for n, vs in read.items()}  # for "no majority"
     out = []
     for node, values in read.items():
         off = tuple(i for i, v in values if majority is None or v != majority)
         distinct = sorted({v for i, v in values if i in off}, key=str) or [values[0][1]]
         value: Value = distinct[0] if len(distinct) == 1 else ", ".join(map(str, distinct))
-        per_node: dict[str, Value] = {n: vs[0][1] for n, vs in read.items()}
         out.append(_judge_drift(node, name, model, value, majority, off, bool(off), per_node))
     return out
 
@@ -462,8 +464,10 @@ def _drift_fix(name: str, majority: Value) -> str:
     )
 
 
-def _grouped(items: Sequence[Sample], key: Callable[[Sample], _K]) -> dict[_K, list[Sample]]:
-    groups: dict[_K, list[Sample]] = {}
+def _grouped(
+    items: Sequence[Measurement], key: Callable[[Measurement], _K]
+) -> dict[_K, list[Measurement]]:
+    groups: dict[_K, list[Measurement]] = {}
     for item in items:
         groups.setdefault(key(item), []).append(item)
     return groups
@@ -471,7 +475,7 @@ def _grouped(items: Sequence[Sample], key: Callable[[Sample], _K]) -> dict[_K, l
 
 def fleet_view(reports: Sequence[DoctorReport]) -> FleetView:
     return FleetView(
-        tuple(outliers([s for r in reports for s in samples(r)])),
+        tuple(outliers([s for r in reports for s in measurements(r)])),
         tuple(drift([node_facts(r) for r in reports])),
     )
 
@@ -528,7 +532,7 @@ def fleet_json(
 def finding_row(finding: Outlier | Drift) -> list[str]:
     """node, metric or field, GPU model, value, fleet median or majority, ratio, status."""
     if isinstance(finding, Outlier):
-        s = finding.sample
+        s = finding.measurement
         unit = f" {s.unit}" if s.unit else ""
         return [
             s.node,

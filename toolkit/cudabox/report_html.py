@@ -106,7 +106,7 @@ def _td(text: object, css: str | None = None) -> str:
 def _nodes(reports: Sequence[DoctorReport], view: FleetView) -> str:
     fleet: dict[str, list[Status]] = {}
     for f in view.findings:
-        node = f.sample.node if isinstance(f, Outlier) else f.node
+        node = f.measurement.node if isinstance(f, Outlier) else f.node
         fleet.setdefault(node, []).append(f.status)
     rows = []
     for r in reports:
@@ -197,14 +197,14 @@ def _legend() -> str:
 def _charts(view: FleetView) -> list[str]:
     groups: dict[tuple[str, str], list[Outlier]] = {}
     for o in view.outliers:
-        groups.setdefault((o.sample.metric, o.sample.model), []).append(o)
+        groups.setdefault((o.measurement.metric, o.measurement.model), []).append(o)
     if not groups:
         return ["<p>No metric was measured on enough nodes of one GPU model to draw.</p>"]
     out = []
     for (metric, model), found in groups.items():
-        unit = found[0].sample.unit or ""
+        unit = found[0].measurement.unit or ""
         median = found[0].median
-        failing = sorted({o.sample.node for o in found if o.status == "fail"})
+        failing = sorted({o.measurement.node for o in found if o.status == "fail"})
         caption = f"median {median:.4g} {unit}".rstrip()
         if failing:
             caption += f"; failing: {', '.join(failing)}"
@@ -220,9 +220,9 @@ def chart(found: Sequence[Outlier], width: int = 1080, height: int = 280) -> str
     thresholds as lines; a failing node's column is tinted and its name red."""
     left, right, top, bottom = 70, 150, 16, 56
     plot_w, plot_h = width - left - right, height - top - bottom
-    nodes = list(dict.fromkeys(o.sample.node for o in found))
+    nodes = list(dict.fromkeys(o.measurement.node for o in found))
     median = found[0].median
-    values = [o.sample.value for o in found]
+    values = [o.measurement.value for o in found]
     lo = min(min(values), median * OUTLIER_FAIL_BELOW) * 0.97
     hi = max(max(values), median) * 1.03
     if hi <= lo:
@@ -232,13 +232,13 @@ def chart(found: Sequence[Outlier], width: int = 1080, height: int = 280) -> str
         return top + plot_h * (hi - value) / (hi - lo)
 
     band = plot_w / len(nodes)
-    unit = found[0].sample.unit or ""
+    unit = found[0].measurement.unit or ""
     parts = [
         f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{escape(found[0].sample.metric)} per node">'
+        f'aria-label="{escape(found[0].measurement.metric)} per node">'
     ]
     for n, node in enumerate(nodes):
-        status = worst([o.status for o in found if o.sample.node == node])
+        status = worst([o.status for o in found if o.measurement.node == node])
         if status in _BAND:
             parts.append(
                 f'<rect x="{left + band * n:.1f}" y="{top}" width="{band:.1f}" '
@@ -274,18 +274,18 @@ def chart(found: Sequence[Outlier], width: int = 1080, height: int = 280) -> str
     rotate = len(nodes) > 12
     for n, node in enumerate(nodes):
         mine = sorted(
-            (o for o in found if o.sample.node == node),
-            key=lambda o: -1 if o.sample.gpu is None else o.sample.gpu,
+            (o for o in found if o.measurement.node == node),
+            key=lambda o: -1 if o.measurement.gpu is None else o.measurement.gpu,
         )
         centre = left + band * (n + 0.5)
         spread = min(band * 0.6, 12.0 * len(mine))
         for k, o in enumerate(mine):
             x = centre if len(mine) == 1 else centre - spread / 2 + spread * k / (len(mine) - 1)
             failing = o.status == "fail"
-            who = f"GPU {o.sample.gpu}" if o.sample.gpu is not None else "node"
-            tip = f"{node} {who}: {o.sample.value:g} {unit} ({o.ratio:.0%} of the median)"
+            who = f"GPU {o.measurement.gpu}" if o.measurement.gpu is not None else "node"
+            tip = f"{node} {who}: {o.measurement.value:g} {unit} ({o.ratio:.0%} of the median)"
             parts.append(
-                f'<circle cx="{x:.1f}" cy="{y(o.sample.value):.1f}" r="{6 if failing else 4.5}" '
+                f'<circle cx="{x:.1f}" cy="{y(o.measurement.value):.1f}" r="{6 if failing else 4.5}" '
                 f'fill="{_COLOUR[o.status]}"'
                 + (' stroke="#5a0000" stroke-width="1.5"' if failing else "")
                 + f"><title>{escape(tip)}</title></circle>"
