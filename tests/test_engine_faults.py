@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -237,6 +238,8 @@ def _refuse_with_500(handler: BaseHTTPRequestHandler, path: str) -> None:
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+    # A body it did not read (a build context, a tarball) must not be parsed as the next request.
+    handler.close_connection = True
 
 
 def _break_off(handler: BaseHTTPRequestHandler, path: str) -> None:
@@ -314,3 +317,98 @@ def test_a_build_setting_in_the_environment_that_cannot_work_is_a_usage_error(
     env = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", variable: value}
     result, _ = cudabox("build", "torch-2.13-cpu", env=env, cwd=tmp_path)
     assert_error(result, ExitCode.USAGE, named, variable)
+
+
+# ---- every Engine method, in this process: a refusal or a broken answer is a cudabox error -----
+
+# What each public operation of the Engine does with a harmless argument. A new public method
+# that is missing here fails test_every_engine_operation_is_audited.
+OPERATIONS: dict[str, Callable[[Any, Path], object]] = {
+    "image": lambda e, _: e.image("cudabox/x:1"),
+    "has_image": lambda e, _: e.has_image("cudabox/x:1"),
+    "images_with_label": lambda e, _: e.images_with_label("cudabox.image"),
+    "history": lambda e, _: e.history("cudabox/x:1"),
+    "remove_image": lambda e, _: e.remove_image("cudabox/x:1"),
+    "delete_image": lambda e, _: e.delete_image("cudabox/x:1"),
+    "tag": lambda e, _: e.tag("cudabox/x:1", "cudabox/y:1"),
+    "image_tarball": lambda e, _: list(e.image_tarball("cudabox/x:1")),
+    "pull": lambda e, _: e.pull("127.0.0.1:5000/cudabox/x:1"),
+    "push": lambda e, _: e.push("127.0.0.1:5000/cudabox/x:1"),
+    "import_tarball": lambda e, tmp: e.import_tarball(_tarball(tmp), "cudabox/x:1"),
+    "build": lambda e, tmp: e.build(_context(tmp), "cudabox/x:1"),
+    "run": lambda e, _: e.run("cudabox/x:1", ["true"], timeout=10),
+    "started": lambda e, _: _start_and_stop(e),
+    "containers_with_label": lambda e, _: e.containers_with_label("cudabox.managed"),
+    "stored_images": lambda e, _: e.stored_images(),
+    "stored_containers": lambda e, _: e.stored_containers("cudabox.managed"),
+    "remove_container": lambda e, _: e.remove_container("0123456789ab"),
+}
+# Not operations on the engine's objects: the connection itself, and the description (the
+# fake answers version and info).
+NOT_OPERATIONS = {"connect", "close", "description"}
+# A 200 answer that breaks off is read only by what reads a body: tag and remove_container
+# look at the status alone, and the images a list names are read next.
+READ_NO_BODY = {"tag", "remove_container"}
+
+
+def _tarball(tmp: Path) -> Path:
+    path = tmp / "root.tar"
+    path.write_bytes(b"\0" * 1024)
+    return path
+
+
+def _context(tmp: Path) -> Path:
+    folder = tmp / "context"
+    folder.mkdir(exist_ok=True)
+    (folder / "Dockerfile").write_text("FROM scratch\n")
+    return folder
+
+
+def _start_and_stop(engine: Any) -> None:
+    from cudabox.container import ContainerSpec
+
+    with engine.started(ContainerSpec("cudabox/x:1", ("true",), "cudabox-fault-test")):
+        pass
+
+
+def test_every_engine_operation_is_audited() -> None:
+    from cudabox.engine import Engine
+
+    public = {name for name in vars(Engine) if not name.startswith("_")}
+    assert public - NOT_OPERATIONS == set(OPERATIONS)
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+def test_an_engine_that_refuses_any_operation_raises_a_cudabox_error(
+    answering_engine: Callable[[Answer], str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    operation: str,
+) -> None:
+    from cudabox.engine import Engine
+    from cudabox.errors import BuildError, CudaboxError
+
+    monkeypatch.setenv("DOCKER_HOST", answering_engine(_refuse_with_500))
+    with Engine.connect(read_timeout=10) as engine, pytest.raises(CudaboxError) as caught:
+        OPERATIONS[operation](engine, tmp_path)
+    expected = BuildError if operation == "build" else EngineError
+    assert type(caught.value) is expected, caught.value.message
+    assert "layer store is locked" in caught.value.message
+    assert "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize("operation", sorted(set(OPERATIONS) - READ_NO_BODY))
+def test_an_engine_that_breaks_off_any_answer_is_unavailable(
+    answering_engine: Callable[[Answer], str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    operation: str,
+) -> None:
+    from cudabox.engine import Engine
+    from cudabox.errors import CudaboxError
+
+    monkeypatch.setenv("DOCKER_HOST", answering_engine(_break_off))
+    with Engine.connect(read_timeout=10) as engine, pytest.raises(CudaboxError) as caught:
+        OPERATIONS[operation](engine, tmp_path)
+    assert caught.value.exit_code == ExitCode.UNAVAILABLE, caught.value.message
+    assert "\n" not in caught.value.message

@@ -8,6 +8,7 @@ fix. Import this module lazily (inside functions): the images carry cudabox but 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import io
 import os
@@ -28,6 +29,7 @@ import docker.errors
 import docker.types
 import docker.utils
 import requests.exceptions
+import urllib3.exceptions
 
 from cudabox import cdi
 from cudabox.container import (
@@ -56,6 +58,20 @@ _STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _LAYER_RE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 _NO_SPACE = re.compile(r"no space left on device", re.IGNORECASE)
 _NOT_IN_REGISTRY = re.compile(r"manifest unknown|not found|does not exist", re.IGNORECASE)
+# How the engine says it could not reach a registry (Go's net errors, as dockerd passes them on).
+_NO_SUCH_HOST = re.compile(r"lookup (\S+?)(?: on \S+)?: no such host")
+_REFUSED = re.compile(r"dial tcp (\S+): connect: connection refused")
+_NO_ANSWER = re.compile(
+    r"i/o timeout|TLS handshake timeout|network is unreachable|no route to host|"
+    r"request canceled while waiting for connection"
+)
+# The engine stopped answering: requests' errors, urllib3's (raw stream reads) and the socket's.
+_BROKEN_OFF = (
+    requests.exceptions.RequestException,
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
 
 # An engine that accepts the connection and never answers must not hang cudabox: the first
 # answer (version negotiation, ping) has this long; later calls get the caller's read timeout.
@@ -76,6 +92,15 @@ TLS_FIX = (
 REFUSED_FIX = (
     "the engine's own message above says what it refused; its log (`journalctl -u docker`, or "
     "dockerd's output) may say more"
+)
+MISSING_IMAGE_FIX = (
+    "build it (`cudabox build NAME`) or pull it (`cudabox pull NAME`); `docker images` lists "
+    "what the engine has"
+)
+REGISTRY_FIX = (
+    "check the registry's name and this host's network and DNS (the engine connects, not "
+    "cudabox); where no registry can answer, make the base with `cudabox base` (it bootstraps "
+    "one from Debian packages) and move images with `docker save`/`docker load`"
 )
 REFERENCE_FIX = "write it as NAME[:TAG] or NAME@sha256:DIGEST, in lowercase, e.g. cudabox/torch:1"
 
@@ -116,6 +141,58 @@ class BuildLog:
     layers: list[tuple[str, str]] = field(default_factory=list)
 
 
+# Docker's diff id of a layer that changes no file (an empty tar): it holds no bytes.
+EMPTY_LAYER = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image as the engine stores it: what `cudabox prune` weighs before removing any."""
+
+    id: str
+    tags: tuple[str, ...]
+    labels: Mapping[str, str]
+    created: int  # seconds since the epoch
+    # (chain id, bytes) per layer, bottom first: images that share a chain id share the layer.
+    layers: tuple[tuple[str, int], ...]
+    last_step: str  # the newest history line (a classic build's last instruction)
+
+
+@dataclass(frozen=True)
+class StoredContainer:
+    id: str
+    name: str
+    image_id: str
+    state: str  # created, running, paused, restarting, exited, dead, removing
+    labels: Mapping[str, str]
+    size: int  # bytes of its writable layer (0 when not asked for)
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """The layer store's key of each layer: its diff id on top of everything below it."""
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        if chains:
+            digest = hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest()
+            chains.append(f"sha256:{digest}")
+        else:
+            chains.append(diff_id)
+    return chains
+
+
+def layer_sizes(diff_ids: Sequence[str], history: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Bytes per layer, from `docker history` (newest first, as the engine answers).
+
+    The engine gives a size per history entry, not per layer; a layer that holds bytes has a
+    non-zero entry, in order, and an empty one (EMPTY_LAYER) has none.
+    """
+    sized = [int(h.get("Size") or 0) for h in reversed(history) if int(h.get("Size") or 0) > 0]
+    sizes = []
+    for diff_id in diff_ids:
+        sizes.append(0 if diff_id == EMPTY_LAYER or not sized else sized.pop(0))
+    return sizes
+
+
 class Engine:
     """A connected container engine. Create it with `Engine.connect()`; it is a context manager."""
 
@@ -133,7 +210,7 @@ class Engine:
                 f"the engine's TLS settings are incomplete ({engine_address()}): {_short(exc)}",
                 TLS_FIX,
             ) from None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except (docker.errors.DockerException, *_BROKEN_OFF) as exc:
             raise Unavailable(
                 f"no container engine answers ({engine_address()}): {_short(exc)}", START_FIX
             ) from None
@@ -231,8 +308,11 @@ class Engine:
                 stream=True,
                 timeout=None,
             )
-            self.client.api._raise_for_status(response)
-            yield from response.iter_content(chunk_size=chunk_size)
+            try:
+                self.client.api._raise_for_status(response)
+                yield from response.iter_content(chunk_size=chunk_size)
+            finally:
+                response.close()  # also when the reader stops early
 
     def pull(
         self,
@@ -245,7 +325,7 @@ class Engine:
         try:
             self._transfer(
                 f"pull {ref}",
-                self.client.api.pull(repository, tag=tag, stream=True, decode=True),
+                lambda: self.client.api.pull(repository, tag=tag, stream=True, decode=True),
                 progress,
                 events,
             )
@@ -268,7 +348,7 @@ class Engine:
         repository, tag = split_ref(ref)
         return self._transfer(
             f"push {ref}",
-            self.client.api.push(repository, tag=tag, stream=True, decode=True),
+            lambda: self.client.api.push(repository, tag=tag, stream=True, decode=True),
             progress,
             events,
         )
@@ -276,13 +356,15 @@ class Engine:
     def _transfer(
         self,
         action: str,
-        stream: Iterator[Mapping[str, Any]],
+        start: Callable[[], Iterator[Mapping[str, Any]]],
         progress: Progress | None,
         events: Callable[[TransferEvent], None] | None,
     ) -> str | None:
         digest = None
-        with _wrapped(action):
-            for event in stream:
+        # The request is sent inside the translation: a registry that does not resolve fails
+        # at once with a 500 from the SDK, before any of the stream is read.
+        with _wrapped(action, transfer=True):
+            for event in start():
                 if "error" in event or "errorDetail" in event:
                     detail = event.get("errorDetail") or {}
                     raise docker.errors.APIError(str(detail.get("message") or event.get("error")))
@@ -310,6 +392,8 @@ class Engine:
     def import_tarball(self, tarball: Path, ref: str, changes: Sequence[str] = ()) -> str:
         """`docker import`: a root filesystem tarball becomes the image `ref`; returns its id."""
         repository, tag = split_ref(ref)
+        if not tarball.is_file():  # the SDK would open it and raise a bare OSError
+            raise BuildError(f"cannot import {tarball} as {ref}: it is not a file")
         with _wrapped(f"import {tarball} as {ref}"):
             answer = self.client.api.import_image_from_file(
                 str(tarball), repository=repository, tag=tag, changes=list(changes)
@@ -339,6 +423,8 @@ class Engine:
         naming the step, with the tail of its output; pass `log` to keep the layers made so far.
         """
         log = log if log is not None else BuildLog()
+        if not context.is_dir():  # the SDK raises a bare TypeError for it
+            raise BuildError(f"cannot build {tag}: the build context {context} is not a folder")
         with _wrapped(f"build {tag}", building=True):
             events = self.client.api.build(
                 path=str(context),
@@ -366,12 +452,23 @@ class Engine:
             tail = "\n".join(log.step_output[-40:])
             failed = log.step or "(before the first step)"
             error_class = DiskFull if _NO_SPACE.search(message) else BuildError
+            if error_class is DiskFull:
+                fix = "free disk space for the engine (`cudabox prune`, remove images you no longer need)"
+            elif log.instruction.startswith("FROM "):
+                # The classic builder pulls a base it lacks; where no registry answers, that fails.
+                fix = (
+                    "the base image is neither on this engine nor pullable: `cudabox base` makes "
+                    "it (a pull, else a bootstrap from Debian packages)"
+                )
+            else:
+                fix = (
+                    "read the step's output above; a network error inside the build often needs "
+                    "--ca-cert, --index-url or --wheelhouse"
+                )
             raise error_class(
-                f"build step {failed} failed: {message}"
+                f"build step {failed} failed: {' '.join(message.split())}"
                 + (f"\n--- output of the step ---\n{tail}" if tail else ""),
-                "free disk space for the engine (`docker image prune`, remove images you no longer need)"
-                if error_class is DiskFull
-                else "read the step's output above; a network error inside the build often needs --ca-cert, --index-url or --wheelhouse",
+                fix,
             )
         aux = event.get("aux")
         if isinstance(aux, dict) and "ID" in aux:
@@ -434,16 +531,21 @@ class Engine:
         device_requests = [GpuRequest(count=-1).device_request()] if gpus else []
         started = time.monotonic()
         with _wrapped(f"run {' '.join(command)} in {image}"):
-            container = self.client.containers.create(
-                image,
-                command=list(command),
-                name=name,
-                labels=all_labels,
-                environment=dict(environment or {}),
-                user=user,
-                network_disabled=not network,
-                device_requests=device_requests or None,
-            )
+            try:
+                container = self.client.containers.create(
+                    image,
+                    command=list(command),
+                    name=name,
+                    labels=all_labels,
+                    environment=dict(environment or {}),
+                    user=user,
+                    network_disabled=not network,
+                    device_requests=device_requests or None,
+                )
+            except docker.errors.ImageNotFound:
+                raise Unavailable(
+                    f"image {image} is not in the engine", MISSING_IMAGE_FIX
+                ) from None
             try:
                 if files:
                     container.put_archive(str(Path(files_dir).parent), _tar_of(files, files_dir))
@@ -477,6 +579,72 @@ class Engine:
     def containers_with_label(self, label: str) -> list[str]:
         with _wrapped("list containers"):
             return [c.name for c in self.client.containers.list(all=True, filters={"label": label})]
+
+    # ---- what `cudabox prune` weighs and removes ------------------------------------------
+
+    def stored_images(self) -> list[StoredImage]:
+        """Every tagged or top-level image, with its layers' chain ids and sizes."""
+        with _wrapped("list images"):
+            found = self.client.api.images(all=False)
+        stored = []
+        for entry in found:
+            image_id = str(entry["Id"])
+            with _wrapped(f"inspect image {image_id}"):
+                try:
+                    attrs = self.client.api.inspect_image(image_id)
+                    history = self.client.api.history(image_id)
+                except docker.errors.ImageNotFound:
+                    continue  # removed since the list: nothing to weigh
+            diff_ids = list((attrs.get("RootFS") or {}).get("Layers") or ())
+            tags = tuple(t for t in attrs.get("RepoTags") or () if t != "<none>:<none>")
+            stored.append(
+                StoredImage(
+                    id=image_id,
+                    tags=tags,
+                    labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
+                    created=int(entry.get("Created") or 0),
+                    layers=tuple(
+                        zip(chain_ids(diff_ids), layer_sizes(diff_ids, history), strict=True)
+                    ),
+                    last_step=str(history[0].get("CreatedBy", "")) if history else "",
+                )
+            )
+        return stored
+
+    def stored_containers(self, label: str | None = None) -> list[StoredContainer]:
+        """Every container (with `label`, and then with its writable layer's size), any state."""
+        filters = {"label": label} if label else None
+        with _wrapped("list containers"):
+            found = self.client.api.containers(all=True, size=label is not None, filters=filters)
+        return [
+            StoredContainer(
+                id=str(c["Id"]),
+                name=str((c.get("Names") or [""])[0]).lstrip("/"),
+                image_id=str(c.get("ImageID") or ""),
+                state=str(c.get("State") or ""),
+                labels=dict(c.get("Labels") or {}),
+                size=int(c.get("SizeRw") or 0),
+            )
+            for c in found
+        ]
+
+    def delete_image(self, ref: str) -> frozenset[str]:
+        """Remove an image (one tag, or an untagged image by id) and its untagged parents.
+
+        Returns what the engine says it deleted: image ids and the layers' chain ids. A parent
+        or a layer that another image still uses stays, as the engine decides.
+        """
+        with _wrapped(f"remove image {ref}"):
+            answer = self.client.api.remove_image(ref, force=False, noprune=False)
+        return frozenset(str(item["Deleted"]) for item in answer or () if item.get("Deleted"))
+
+    def remove_container(self, container_id: str) -> None:
+        # NotFound: already gone.
+        with (
+            _wrapped(f"remove container {container_id[:12]}"),
+            contextlib.suppress(docker.errors.NotFound),
+        ):
+            self.client.api.remove_container(container_id, v=True)
 
 
 def check_address(env: Mapping[str, str]) -> None:
@@ -543,12 +711,27 @@ def _short(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
+def registry_unreachable(text: str) -> str | None:
+    """The engine's words for a registry it could not reach, as a short reason; else None."""
+    found = _NO_SUCH_HOST.search(text)
+    if found:
+        return f"{found[1]} does not resolve"
+    found = _REFUSED.search(text)
+    if found:
+        return f"{found[1]} refused the connection"
+    if _NO_ANSWER.search(text):
+        return "the registry did not answer"
+    return None
+
+
 @contextmanager
-def _wrapped(action: str, building: bool = False) -> Iterator[None]:
+def _wrapped(action: str, building: bool = False, transfer: bool = False) -> Iterator[None]:
     """Turn the SDK's exceptions into cudabox errors that say what cudabox was doing.
 
+    Every call into the SDK (the request and the stream it answers) runs inside one of these.
     Only a build's own failures are build errors (exit 5); an engine that refuses anything else
-    (an inspect, a list, a push) is an engine error (exit 7); one that stops answering, exit 4.
+    (an inspect, a list, a push) is an engine error (exit 7); one that stops answering, or a
+    registry a pull or push cannot reach (`transfer`), exit 4.
     """
     refused = BuildError if building else EngineError
     try:
@@ -558,30 +741,35 @@ def _wrapped(action: str, building: bool = False) -> Iterator[None]:
     except docker.errors.BuildError as exc:
         raise BuildError(f"could not {action}: {_short(exc)}") from None
     except docker.errors.APIError as exc:
-        text = str(exc.explanation or exc)
+        text = " ".join(str(exc.explanation or exc).split())  # one line
         refusal = gpu_refusal(text)
         if refusal is not None:
             raise refusal from None
         if _NO_SPACE.search(text):
             raise DiskFull(
-                f"could not {action}: the engine ran out of disk space ({text.strip()})",
-                "free disk space for the engine (`docker image prune`, remove images you no longer need)",
+                f"could not {action}: the engine ran out of disk space ({text})",
+                "free disk space for the engine (`cudabox prune`, remove images you no longer need)",
             ) from None
         if "invalid reference format" in text:
             raise UsageError(
-                f"could not {action}: not a valid image reference ({text.strip()})", REFERENCE_FIX
+                f"could not {action}: not a valid image reference ({text})", REFERENCE_FIX
             ) from None
+        unreachable = registry_unreachable(text) if transfer else None
+        if unreachable is not None:
+            raise Unavailable(f"could not {action}: {unreachable} ({text})", REGISTRY_FIX) from None
+        if isinstance(exc, docker.errors.ImageNotFound):
+            raise refused(f"could not {action}: {text}", MISSING_IMAGE_FIX) from None
         raise refused(
-            f"could not {action}: {text.strip() or _short(exc)}",
-            None if building else REFUSED_FIX,
+            f"could not {action}: {text or _short(exc)}", None if building else REFUSED_FIX
         ) from None
     except docker.errors.DockerException as exc:
         # The SDK refused the request itself (a value it cannot send); the engine never saw it.
         raise refused(
             f"could not {action}: {_short(exc)}", None if building else REFUSED_FIX
         ) from None
-    except requests.exceptions.RequestException as exc:
-        # Also a connection that broke mid-answer (ChunkedEncodingError), not only a refused one.
+    except _BROKEN_OFF as exc:
+        # Also a connection that broke mid-answer (ChunkedEncodingError), or a stream read from
+        # the raw socket (urllib3's and the socket's own errors, which requests never wraps).
         raise Unavailable(
             f"could not {action}: the engine stopped answering ({_short(exc)})", START_FIX
         ) from None
@@ -611,18 +799,18 @@ class _Running:
                     yield item[0], item[1]
                 else:
                     yield item, None
-        except (docker.errors.APIError, requests.exceptions.RequestException):
+        except (docker.errors.APIError, *_BROKEN_OFF):
             return  # the connection ended with the container; wait() has the exit code
 
     def signal(self, signum: int) -> None:
         # An APIError here means it has already stopped: nothing left to signal.
-        with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+        with contextlib.suppress(docker.errors.APIError, *_BROKEN_OFF):
             self._container.kill(signal=signum)
 
     def wait(self) -> int:
         try:
             answer = self._waiter.json()
-        except (ValueError, requests.exceptions.RequestException) as exc:
+        except (ValueError, *_BROKEN_OFF) as exc:
             raise Unavailable(f"lost track of container {self.name}: {_short(exc)}") from None
         if answer.get("Error") and answer["Error"].get("Message"):
             raise Unavailable(f"waiting for {self.name} failed: {answer['Error']['Message']}")
@@ -639,7 +827,7 @@ class _Running:
                     f"could not remove container {self.name}: {_short(exc)}",
                     f"remove it by hand: `docker rm -f {self.name}`",
                 ) from None
-        except requests.exceptions.RequestException as exc:
+        except _BROKEN_OFF as exc:
             raise Unavailable(
                 f"could not remove container {self.name}: {_short(exc)}",
                 f"remove it by hand once the engine answers: `docker rm -f {self.name}`",
@@ -708,7 +896,7 @@ def _start(engine: Engine, spec: ContainerSpec) -> _Running:
             raise refusal from None
         if isinstance(exc, docker.errors.ImageNotFound):
             raise Unavailable(
-                f"image {spec.image} is not in the engine", "build it first: `cudabox build NAME`"
+                f"image {spec.image} is not in the engine", MISSING_IMAGE_FIX
             ) from None
         raise EngineError(
             f"could not start a container from {spec.image}: {text.strip()}", REFUSED_FIX
@@ -721,7 +909,7 @@ def _start(engine: Engine, spec: ContainerSpec) -> _Running:
         raise EngineError(
             f"could not start a container from {spec.image}: {_short(exc)}", REFUSED_FIX
         ) from None
-    except requests.exceptions.RequestException as exc:
+    except _BROKEN_OFF as exc:
         if container is not None:
             _force_remove(container)
         raise Unavailable(f"could not start a container: {_short(exc)}", START_FIX) from None
@@ -729,7 +917,7 @@ def _start(engine: Engine, spec: ContainerSpec) -> _Running:
 
 
 def _force_remove(container: Any) -> None:
-    with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+    with contextlib.suppress(docker.errors.APIError, *_BROKEN_OFF):
         container.remove(force=True)
 
 
