@@ -69,6 +69,28 @@ class SlurmCluster:
                 "(add it to /etc/hosts)"
             )
 
+    @contextlib.contextmanager
+    def extra_partition(self, name: str, *settings: str) -> Iterator[str]:
+        """A partition over the same nodes with its own limits ("MaxNodes=1", "MaxTime=1") for
+        the test, deleted afterwards with whatever job is still in it."""
+        _slurm_command(
+            self,
+            "scontrol",
+            "create",
+            f"PartitionName={name}",
+            f"Nodes={','.join(self.nodes)}",
+            *settings,
+        )
+        try:
+            yield name
+        finally:
+            queued = _slurm_command(
+                self, "squeue", "--noheader", "--format=%i", f"--partition={name}"
+            )
+            for job_id in queued.split():
+                _slurm_command(self, "scancel", job_id)
+            _slurm_command(self, "scontrol", "delete", f"PartitionName={name}")
+
     def logs(self, lines: int = 30) -> str:
         """The end of every daemon log, for failure messages."""
         parts = []
@@ -76,6 +98,16 @@ class SlurmCluster:
             text = path.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"--- {path.name}\n" + "\n".join(text))
         return "\n".join(parts)
+
+
+def _slurm_command(cluster: SlurmCluster, *argv: str) -> str:
+    """Run one of Slurm's commands against the cluster; its output (a failure fails the test)."""
+    result = subprocess.run(
+        argv, env=cluster.env, capture_output=True, text=True, timeout=30, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"`{' '.join(argv)}` failed: {result.stderr.strip()}")
+    return result.stdout
 
 
 def node_names() -> tuple[str, ...]:

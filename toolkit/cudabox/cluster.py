@@ -46,6 +46,7 @@ class ClusterOptions:
     namespace: str | None
     hosts: tuple[Path, ...]
     name: str | None = None
+    wait_pending: bool = False  # Slurm: wait on a pending reason that never clears by itself
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ClusterOptions:
@@ -63,6 +64,11 @@ class ClusterOptions:
             raise UsageError("--gpus-per-node must not be negative", "pass 0 for a CPU job")
         if args.cpu and args.gpus_per_node:
             raise UsageError("--cpu and --gpus-per-node contradict each other", "drop one of them")
+        if args.wait_pending and args.scheduler != "slurm":
+            raise UsageError(
+                f"--wait-pending is for Slurm jobs, not --scheduler {args.scheduler}",
+                "drop --wait-pending, or pass --scheduler slurm",
+            )
         return cls(
             scheduler=args.scheduler,
             nodes=args.nodes,
@@ -74,6 +80,7 @@ class ClusterOptions:
             namespace=args.namespace,
             hosts=tuple(args.host),
             name=args.name,
+            wait_pending=args.wait_pending,
         )
 
 
@@ -181,7 +188,9 @@ def _slurm(
 
     job_id = slurm.submit(script, workdir=launch.workspace)
     progress(f"cudabox: submitted Slurm job {job_id} ({launcher.value}); following its log")
-    result = slurm.follow(job_id, out=sys.stderr.buffer)
+    # A job Slurm will never start (more nodes than the partition has, ...) is cancelled with
+    # exit 4 and what the partition offers, unless --wait-pending.
+    result = slurm.follow(job_id, out=sys.stderr.buffer, wait_pending=cluster.wait_pending)
     slurm.require_success(result)
     return int(ExitCode.OK)
 

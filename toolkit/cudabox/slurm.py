@@ -1,13 +1,16 @@
-"""Slurm, through its commands: the only module that runs sbatch, scontrol, scancel and srun.
+"""Slurm, through its commands: the only module that runs sbatch, scontrol, scancel, sinfo and
+srun.
 
-The rest of cudabox sees typed values: what the cluster offers (`detect`), a job id (`submit`),
-the job's final state (`follow`), and errors with a fix (`require_success`). Job states come from
-`scontrol show job`, which knows a job until MinJobAge (default 300 s) after it ends; no
-accounting database (sacct) is needed.
+The rest of cudabox sees typed values: what the cluster offers (`detect`, `partition`), a job id
+(`submit`), the job's final state (`follow`), and errors with a fix (`require_success`). Job states
+come from `scontrol show job`, which knows a job until MinJobAge (default 300 s) after it ends; no
+accounting database (sacct) is needed. A job pending on a reason that never clears
+(`jobs.pending` decides) is cancelled rather than waited on, unless the caller asks to wait.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -24,6 +27,7 @@ from types import FrameType
 from typing import BinaryIO
 
 from cudabox.errors import CudaboxError, Interrupted, Unavailable, UsageError
+from cudabox.jobs.pending import JobRequest, PartitionOffer, judge, load_pending_rules
 from cudabox.jobs.sbatch import ClusterFeatures
 from cudabox.output import progress
 
@@ -38,6 +42,7 @@ INSTALL_FIX = (
     "cluster's slurm.conf (Debian/Ubuntu: apt-get install slurm-client); "
     "--dry-run prints the script without Slurm"
 )
+_UNLIMITED = ("UNLIMITED", "INFINITE", "NONE", "N/A")  # how Slurm prints "no limit"
 # Messages from Slurm's commands that mean "no cluster reachable here", not "your job is wrong".
 _UNREACHABLE = (
     "Unable to contact slurm controller",
@@ -120,6 +125,21 @@ class JobStatus:
     elapsed_s: int
     time_limit: str | None
     log_path: Path | None  # StdOut, with %j and friends filled in by Slurm
+    partition: str | None = None
+    nodes: int | None = None  # nodes asked for (the minimum of NumNodes, "2-4" -> 2)
+
+    @property
+    def request(self) -> JobRequest:
+        """What the job asks for, for judging why it is pending."""
+        limit = self.time_limit
+        unlimited = limit is None or limit.upper() in _UNLIMITED
+        return JobRequest(
+            job_id=self.job_id,
+            partition=self.partition,
+            nodes=self.nodes,
+            time_limit=limit,
+            time_limit_s=None if unlimited else parse_duration(limit or "") or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -169,6 +189,25 @@ def detect() -> ClusterFeatures:
         apptainer=shutil.which("apptainer") is not None,
         slurm_version=words[-1] if words else None,
     )
+
+
+def partition(name: str) -> PartitionOffer:
+    """What a partition offers: its size and limits (`scontrol show partition`) and its nodes'
+    states (sinfo)."""
+    result = _run([_require("scontrol"), "show", "partition", "--oneliner", name], QUERY_TIMEOUT_S)
+    if result.returncode != 0:
+        raise Unavailable(
+            f"scontrol could not show partition {name}: {_message(result)}",
+            "`sinfo -s` lists the partitions",
+        )
+    offer = parse_partition(result.stdout, name)
+    states = _run(
+        [_require("sinfo"), f"--partition={name}", "--noheader", "--format=%D %T"],
+        QUERY_TIMEOUT_S,
+    )
+    if states.returncode != 0:
+        return offer  # the limits alone still say what the partition offers
+    return dataclasses.replace(offer, node_states=parse_node_states(states.stdout))
 
 
 # ---- submitting, looking, cancelling ----------------------------------------------------------
@@ -240,11 +279,14 @@ def follow(
     log_path: Path | None = None,
     out: BinaryIO | None = None,
     poll_s: float = POLL_S,
+    wait_pending: bool = False,
 ) -> JobResult:
     """Stream the job's log to `out` while it grows, until the job ends; its final state.
 
     `log_path` defaults to the job's StdOut as Slurm reports it. Ctrl-C, SIGTERM and SIGHUP
-    cancel the job (a second one stops following at once).
+    cancel the job (a second one stops following at once). A job pending on a reason that never
+    clears (PartitionNodeLimit, ...) is cancelled and raised as Unavailable, with what its
+    partition offers; `wait_pending` keeps waiting instead.
     """
     sink = out if out is not None else sys.stdout.buffer
     log = _LogFollower(log_path, sink)
@@ -278,6 +320,8 @@ def follow(
             if (now.state, now.reason) != shown:
                 progress(_describe(now))
                 shown = (now.state, now.reason)
+                if now.state is JobState.PENDING and not received:
+                    _give_up_if_stuck(now, wait_pending)
             log.find(now.log_path)
             log.pump()
             if now.state.terminal:
@@ -382,7 +426,52 @@ def parse_job(text: str, job_id: str) -> JobStatus:
         elapsed_s=parse_duration(field_("RunTime") or "0"),
         time_limit=field_("TimeLimit"),
         log_path=Path(stdout) if stdout else None,
+        partition=field_("Partition"),
+        nodes=_first_number(field_("NumNodes")),
     )
+
+
+def parse_partition(text: str, name: str) -> PartitionOffer:
+    """`scontrol show partition --oneliner` output as a PartitionOffer (without node states)."""
+
+    def field_(key: str) -> str | None:
+        match = re.search(rf"(?:^|\s){re.escape(key)}=(\S*)", text)
+        return match.group(1) if match else None
+
+    total = _first_number(field_("TotalNodes"))
+    if total is None:
+        raise Unavailable(
+            f"scontrol's answer for partition {name} has no TotalNodes: {text.strip()[:200]!r}",
+            "check that `scontrol show partition` works here",
+        )
+    max_time = field_("MaxTime")
+    if max_time is not None and max_time.upper() in _UNLIMITED:
+        max_time = None
+    state = field_("State")
+    return PartitionOffer(
+        name=field_("PartitionName") or name,
+        total_nodes=total,
+        max_nodes=_first_number(field_("MaxNodes")),  # None for UNLIMITED
+        max_time=max_time,
+        max_time_s=parse_duration(max_time) if max_time else None,
+        state=state,
+    )
+
+
+def parse_node_states(text: str) -> tuple[tuple[str, int], ...]:
+    """sinfo's `%D %T` lines ("2 idle") as (state, count), one per state, in sinfo's order."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0].isdigit():
+            counts[words[1]] = counts.get(words[1], 0) + int(words[0])
+    return tuple(counts.items())
+
+
+def _first_number(text: str | None) -> int | None:
+    """The leading whole number of "3-3", "2", "UNLIMITED" (None)."""
+    match = re.match(r"\d+", text or "")
+    return int(match.group()) if match else None
 
 
 def parse_duration(text: str) -> int:
@@ -442,11 +531,13 @@ def _unreachable(message: str) -> bool:
     return any(marker in message for marker in _UNREACHABLE)
 
 
-def _cancel_quietly(job_id: str) -> None:
+def _cancel_quietly(job_id: str) -> bool:
     try:
         cancel(job_id)
     except CudaboxError as exc:
         progress(f"cudabox: could not cancel job {job_id}: {exc.message}; run `scancel {job_id}`")
+        return False
+    return True
 
 
 def _forgotten(job_id: str, seen: JobStatus | None) -> CudaboxError:
@@ -461,6 +552,32 @@ def _forgotten(job_id: str, seen: JobStatus | None) -> CudaboxError:
         f"`sacct -j {job_id}` tells the end where accounting is enabled; ask the admins to raise "
         "MinJobAge above a few seconds",
     )
+
+
+def _give_up_if_stuck(now: JobStatus, wait_pending: bool) -> None:
+    """Cancel a job pending on a reason that never clears, and raise why (with what its
+    partition offers); with `wait_pending`, only say so."""
+    rules = load_pending_rules()
+    if not rules.may_be_hopeless(now.reason):
+        return  # the common case (Resources, Priority, ...): no partition query
+    offer = None
+    if now.partition:
+        try:
+            offer = partition(now.partition)
+        except CudaboxError as exc:  # the verdict and the message do without the figures
+            progress(f"cudabox: {exc.message}")
+    stuck = judge(now.reason, now.request, offer, rules)
+    if stuck is None:
+        return
+    if wait_pending:
+        progress(f"cudabox: {stuck.message}; waiting anyway (--wait-pending)")
+        return
+    progress(f"cudabox: Slurm job {now.job_id} can never start: cancelling it (scancel)")
+    if _cancel_quietly(now.job_id):
+        outcome = "; cudabox cancelled it"
+    else:
+        outcome = f"; cudabox could not cancel it: run `scancel {now.job_id}`"
+    raise Unavailable(stuck.message + outcome, stuck.fix)
 
 
 def _describe(now: JobStatus) -> str:
