@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cudabox.errors import BuildError, CudaboxError, ExitCode, Unavailable, UsageError
+from cudabox.errors import (
+    BuildError,
+    CudaboxError,
+    ExitCode,
+    Interrupted,
+    Unavailable,
+    UsageError,
+)
 from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.images.context import source_date_epoch
 from cudabox.output import print_json, progress, table
@@ -253,17 +260,40 @@ def cmd_base(args: argparse.Namespace) -> int:
 
 
 def _pulled(engine: Engine, image: str) -> bool:
-    """The normal case: the registry has the pinned base. Where none answers, we bootstrap."""
+    """The normal case: the registry has the pinned base. Where none answers, we bootstrap.
+
+    Any failure of the pull falls back, whatever its class (an engine that cannot reach the
+    registry, a registry without the image, a refusal); only a mistake in the name, or the user
+    stopping cudabox, is not a reason to bootstrap instead.
+    """
     progress(f"base {image}: pulling")
     try:
         engine.pull(image, progress=lambda line: progress(f"  {line}"))
+    except (UsageError, Interrupted):
+        raise
     except CudaboxError as exc:
-        progress(
-            f"base {image}: cannot pull ({exc.message.splitlines()[0]}); bootstrapping "
-            f"{bootstrap_name(image)} instead"
-        )
-        return False
-    return engine.has_image(image)
+        why = pull_failure_reason(exc.message, image)
+    else:
+        if engine.has_image(image):
+            return True
+        why = "the pull left no image"
+    progress(
+        f"base: {image} could not be pulled ({why}); bootstrapping {bootstrap_name(image)} "
+        "from Debian packages"
+    )
+    return False
+
+
+def pull_failure_reason(message: str, image: str) -> str:
+    """The short reason in an engine's pull error ('registry-1.docker.io does not resolve').
+
+    The engine's messages read "could not pull IMAGE: REASON (what the engine said)".
+    """
+    first = message.splitlines()[0] if message else "unknown error"
+    reason = first.removeprefix(f"could not pull {image}: ")
+    if reason != first and " (" in reason:
+        reason = reason.partition(" (")[0]
+    return reason
 
 
 def _mb(size: int | None) -> str:
