@@ -36,7 +36,7 @@ from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.images.context import BuildOptions
 from cudabox.images.lock import parse_lock
 from cudabox.images.render import TEMPLATE, installed_sizes, plan_layers, render
-from cudabox.images.verify import require_verified, verify_image
+from cudabox.images.verify import find_base, require_verified, verify_image
 from cudabox.options import PackageSources
 from registry_server import DOCKER_MANIFEST, RegistryServer, registry
 
@@ -83,8 +83,9 @@ def test_two_cold_builds_give_identical_layers(engine: Engine) -> None:
             built.append(build_image(engine, spec, options, CATALOG.root, tag=tag))
         first, second = (engine.image(b.tag) for b in built)
         assert first is not None and second is not None
-        base = engine.image(spec.base_image) or engine.image("cudabox/debian-python:bookworm")
-        assert base is not None
+        # The base the build used, as its labels say (the official image or the bootstrap).
+        base = find_base(engine, first)[1]
+        assert base is not None, first.labels
         lock_text = spec.lock.read_text()
         packages = plan_layers(spec.framework, parse_lock(lock_text), installed_sizes(lock_text))
         # base, then the user and the venv's links, a layer per package layer, cudabox last

@@ -1,7 +1,8 @@
 """`cudabox run` / `cudabox train` against the real engine, in the real CPU images.
 
-Every container these tests start carries the label cudabox.test=1; the docker_engine fixture
-fails the session if one is left behind.
+Every container these tests start carries the label cudabox.test=RUN_ID (a value of this module's
+own: other tests and sessions run containers labelled cudabox.test too, and are neither counted
+nor killed here); the docker_engine fixture fails the session if one is left behind.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ import pytest
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-LABEL = ["--label", "cudabox.test=1"]
+RUN_ID = uuid.uuid4().hex[:12]
+LABEL = ["--label", f"cudabox.test={RUN_ID}"]
 
 
 def cudabox(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -35,7 +38,9 @@ def cudabox(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Co
 
 
 def managed(engine: Any) -> list[str]:
-    return [c.name for c in engine.containers.list(all=True, filters={"label": "cudabox.test=1"})]
+    """This module's containers (no other test's or session's)."""
+    found = engine.containers.list(all=True, filters={"label": f"cudabox.test={RUN_ID}"})
+    return [c.name for c in found]
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +218,7 @@ def test_a_killed_container_resumes_to_the_same_weights(
         time.sleep(0.2)
     assert any(killed.glob("*.pt")), "no checkpoint appeared"
     # Kill the container itself, hard, the way an OOM killer or a node failure would.
-    for container in docker_engine.containers.list(filters={"label": "cudabox.test=1"}):
+    for container in docker_engine.containers.list(filters={"label": f"cudabox.test={RUN_ID}"}):
         container.kill(signal="SIGKILL")
     process.wait(timeout=120)
     first = (

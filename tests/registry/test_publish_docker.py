@@ -4,9 +4,11 @@ Everything goes through the `cudabox` command line against a real `docker-regist
 (its own, so its storage can be measured) and the real Docker engine, with the real CPU torch
 image; skopeo, an independent client, checks what was pushed.
 
-The CPU torch image is shared by many tests, so the test that removes it from the engine puts
-back the copy it pulled from the registry (the same image ID: the same config and layers) under
-the same name, whatever happens.
+No test depends on what the engine held before it: the CPU torch image is shared (with other
+tests, sessions and users), so it is never removed; the host that lacks an image is made with an
+image of the test's own, the catalog image plus a layer holding a fresh uuid, which no other image
+can hold. The base is whichever one the image was built on (its labels say which), never a name
+the engine may not have.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,8 @@ import pytest
 import requests
 
 from cudabox.container import TransferEvent
+from cudabox.engine import Engine
+from cudabox.images.base import bootstrap_name
 from cudabox.images.catalog import load_catalog
 from cudabox.images.labels import labels_for, provenance_labels
 from cudabox.images.lock import lock_digest
@@ -143,6 +148,7 @@ class Published:
     repo: str  # HOST/cudabox
     entry: dict[str, Any]  # what `cudabox publish --json` printed for the image
     image_id: str
+    labels: dict[str, str]  # the engine's image's labels (the base it was built on among them)
     diff_ids: tuple[str, ...]
     layer_digests: tuple[str, ...]  # compressed, as the manifest lists them
     storage_bytes: int  # the registry's storage folder after the publish
@@ -163,12 +169,15 @@ def published(
     (entry,) = ran.json()
     # publish may have rebuilt a stale image: read what the engine holds now.
     image = docker_engine.images.get(load_catalog().get(NAME).tag)
+    # The push left a digest reference into this registry on the shared image: not ours to keep.
+    drop_references(docker_engine, image.id, repo)
     manifest = skopeo("--raw", f"docker://{repo}/{NAME}:latest")
     try:
         yield Published(
             repo=repo,
             entry=entry,
             image_id=image.id,
+            labels=dict(image.labels),
             diff_ids=tuple(image.attrs["RootFS"]["Layers"]),
             layer_digests=tuple(layer["digest"] for layer in manifest["layers"]),
             storage_bytes=own_registry.storage_bytes(),
@@ -176,6 +185,14 @@ def published(
     finally:
         immutable = entry["immutable"].rpartition(":")[2]
         delete_tags(own_registry, f"{PREFIX}/{NAME}", ["latest", immutable])
+
+
+def drop_references(docker_engine: Any, image_id: str, repo: str) -> None:
+    """Remove the image's digest references into `repo` (REPO/NAME@sha256:...), only those."""
+    attrs = docker_engine.api.inspect_image(image_id)
+    for ref in attrs.get("RepoDigests") or ():
+        if ref.startswith(f"{repo}/"):
+            docker_engine.images.remove(ref)
 
 
 # ---- publish ---------------------------------------------------------------------------------
@@ -218,8 +235,14 @@ def test_skopeo_reads_the_labels_and_environment_that_were_published(
     labels, env = config["config"]["Labels"], config["config"]["Env"]
     spec = load_catalog().get(NAME)
     for key, value in labels_for(spec, lock_digest(spec.lock)).items():
-        if key != "cudabox.version":
+        if key not in ("cudabox.version", f"{OCI}base.name"):
             assert labels[key] == value, key
+    # The base it was really built on (the official image or this machine's bootstrap), as the
+    # image on the engine says, name and digest.
+    for key in (f"{OCI}base.name", f"{OCI}base.digest"):
+        assert labels[key] == published.labels[key], key
+    assert labels[f"{OCI}base.name"] in (spec.base_image, bootstrap_name(spec.base_image))
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", labels[f"{OCI}base.digest"])
     # Provenance: when and from what it was built. Source and revision are there whenever the
     # checkout knows them (CI: GitHub's variables; here: git), and revision always is in git.
     wanted = {f"{OCI}created", f"{OCI}base.name", f"{OCI}base.digest", f"{OCI}revision"}
@@ -268,52 +291,72 @@ def wait_unused(docker_engine: Any, image_id: str, timeout_s: float = 600) -> No
         time.sleep(2)
 
 
+@dataclass(frozen=True)
+class Unique:
+    """An image only this test has: the catalog image plus a layer with a fresh uuid in it."""
+
+    repo: str  # HOST/unique-UUID: a repository prefix of its own, so `select` sees only it
+    image_id: str
+    diff_ids: tuple[str, ...]
+    layer_digests: tuple[str, ...]
+    pinned: str  # REPO/NAME@sha256:...
+
+
 @pytest.fixture
-def without_local_image(
-    published: Published, docker_engine: Any, own_registry: RegistryServer
-) -> Iterator[str]:
-    """The shared CPU image removed from the engine (every tag), put back afterwards.
+def unique_published(
+    published: Published, docker_engine: Any, own_registry: RegistryServer, tmp_path: Path
+) -> Iterator[Unique]:
+    """Publish an image no other image can share layers with, then remove it from the engine.
 
-    Put back means: the registry's copy (pulled if the test did not) tagged with the same names;
-    it has the same image ID, since the config and layers are the same bytes.
+    The shared catalog image stays: the test needs "no image holds these layers" and makes it
+    true for its own layers, whatever the engine held before (the layers below are the catalog
+    image's, which the engine keeps).
     """
-    import docker.errors
-
-    image = docker_engine.images.get(published.image_id)
-    tags = list(image.tags)
-    pinned = published.entry["pinned"]
-    wait_unused(docker_engine, published.image_id)
+    marker = uuid.uuid4().hex
+    repo = f"{own_registry.host}/unique-{marker[:12]}"
+    ref = f"{repo}/{NAME}:latest"
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "marker").write_text(marker + "\n")
+    (context / "Dockerfile").write_text(
+        f"FROM {load_catalog().get(NAME).tag}\nCOPY marker /opt/cudabox-test-marker\n"
+    )
+    engine = Engine(docker_engine)
+    image_id = engine.build(context, ref, labels={"cudabox.test": "1"}).image_id
     try:
-        # Tags first, then digest references (REPO@sha256:..., left by pushes and pulls): the
-        # image goes with its last reference. No force: a container using it fails the test.
-        for ref in (*tags, *image.attrs.get("RepoDigests", ())):
-            docker_engine.images.remove(ref)
-        yield pinned
+        digest = engine.push(ref)
+        assert digest is not None
+        attrs = docker_engine.api.inspect_image(image_id)
+        manifest = skopeo("--raw", f"docker://{ref}")
+        unique = Unique(
+            repo=repo,
+            image_id=attrs["Id"],
+            diff_ids=tuple(attrs["RootFS"]["Layers"]),
+            layer_digests=tuple(layer["digest"] for layer in manifest["layers"]),
+            pinned=f"{repo}/{NAME}@{digest}",
+        )
+        assert unique.diff_ids[:-1] == published.diff_ids  # the catalog image, one layer more
+        wait_unused(docker_engine, image_id)
+        docker_engine.images.remove(image_id, force=True)  # every tag and digest reference
+        yield unique
     finally:
-        try:
-            restored = docker_engine.images.get(published.image_id)
-        except docker.errors.ImageNotFound:  # the test failed before its pull
-            repository, digest = pinned.split("@")
-            restored = docker_engine.images.pull(repository, tag=digest)
-        for tag in tags:
-            restored.tag(*tag.rsplit(":", 1))
-        held = docker_engine.images.get(published.image_id).attrs.get("RepoDigests") or ()
-        if pinned in held:
-            docker_engine.images.remove(pinned)  # only the digest reference: the tags keep it
-        assert docker_engine.images.get(tags[0]).id == published.image_id
+        for leftover in docker_engine.images.list(all=True):
+            if leftover.id == image_id:  # pulled back by the test
+                wait_unused(docker_engine, image_id)
+                docker_engine.images.remove(image_id, force=True)
+        delete_tags(own_registry, f"unique-{marker[:12]}/{NAME}", ["latest"])
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_host_without_the_image_chooses_in_the_registry_then_pulls_and_runs_that_digest(
-    published: Published,
-    without_local_image: str,
+    unique_published: Unique,
     docker_engine: Any,
     own_registry: RegistryServer,
     tmp_path: Path,
 ) -> None:
-    repo, pinned = published.repo, without_local_image
-    stack = published.diff_ids
+    repo, pinned = unique_published.repo, unique_published.pinned
+    stack = unique_published.diff_ids
     assert images_holding(docker_engine, stack) == [], "the image's layers are still on the engine"
     assert not docker_engine.images.list(name=f"{repo}/{NAME}")
 
@@ -334,7 +377,7 @@ def test_a_host_without_the_image_chooses_in_the_registry_then_pulls_and_runs_th
     assert ran.json()["selected"]["tag"] == pinned
     read = own_registry.requests_since(mark)
     blobs = {r.uri.rsplit("/", 1)[1] for r in read if "/blobs/" in r.uri}
-    assert blobs and not blobs & set(published.layer_digests), blobs  # the config only
+    assert blobs and not blobs & set(unique_published.layer_digests), blobs  # the config only
     assert images_holding(docker_engine, stack) == []
 
     # run: pulls exactly that digest (progress as plain lines: stderr is not a terminal).
@@ -360,16 +403,17 @@ def test_a_host_without_the_image_chooses_in_the_registry_then_pulls_and_runs_th
         rf"pull {re.escape(pinned)}: [0-9a-f]{{12}}: (Pull complete|Already exists)"
     )
     done = [line for line in lines if layer_line.fullmatch(line)]
-    assert len(done) == len(published.diff_ids), ran.err
-    count = len(published.diff_ids)
+    assert len(done) == len(stack), ran.err
+    count = len(stack)
     summary = re.compile(rf"pull {re.escape(pinned)}: {count} layers in \S+ s \(\S+ MB moved\)")
     assert any(summary.fullmatch(line) for line in lines), ran.err
     assert f"cudabox: image {NAME}: newest torch cpu image in the registry" in ran.err
     fetched = {
         r.uri.rsplit("/", 1)[1] for r in own_registry.requests_since(mark) if "/blobs/" in r.uri
     }
-    assert published.layer_digests[-1] in fetched  # the top layer came from the registry
-    assert docker_engine.images.get(pinned).id == published.image_id  # the same image
+    # The uuid layer came from the registry; the engine already had every layer below it.
+    assert fetched & set(unique_published.layer_digests) == {unique_published.layer_digests[-1]}
+    assert docker_engine.images.get(pinned).id == unique_published.image_id  # the same image
 
 
 @pytest.mark.docker
@@ -387,8 +431,8 @@ def test_pull_on_a_host_that_has_the_image_is_a_no_op(
         return ran, own_registry.requests_since(mark)
 
     try:
-        # The image is here, built (or restored) under its catalog name but maybe without the
-        # registry's digest reference: the engine then reads the manifest, and no layer.
+        # The image is here under its catalog name, without the registry's digest reference
+        # (the publish fixture drops it): the engine then reads the manifest, and no layer.
         _, read = pull()
         assert not [r for r in read if r.uri.rsplit("/", 1)[1] in published.layer_digests]
         assert docker_engine.images.get(pinned).id == published.image_id
@@ -438,12 +482,15 @@ def test_a_published_image_without_labels_exits_12(
     published: Published, own_registry: RegistryServer, docker_engine: Any, tmp_path: Path
 ) -> None:
     repo = f"{PREFIX}/{NAME}"
-    strip_labels(own_registry, repo, "latest", "stripped")
+    stripped = strip_labels(own_registry, repo, "latest", "stripped")
     try:
         ref = f"{published.repo}/{NAME}:stripped"
         ran = cudabox("run", "--image", ref, "--label", TEST_LABEL, "--", "true", cwd=tmp_path)
         ran.assert_error(12, "carries no cudabox labels")
-        assert not docker_engine.images.list(name=f"{published.repo}/{NAME}")  # nothing pulled
+        # Nothing pulled: no image is that tag or that manifest (whatever else the engine holds).
+        for image in docker_engine.images.list(all=True):
+            assert ref not in image.tags, image.tags
+            assert not any(d.endswith(stripped) for d in image.attrs.get("RepoDigests") or ())
     finally:
         delete_tags(own_registry, repo, ["stripped"])
 
