@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cudabox import nvml
 from cudabox.doctor.health_data import load_xids, parse_xids
 from cudabox.doctor.host_layer import parse_kernel_xids, read_kernel_xids, xid_check
-from cudabox.doctor.model import XidRecord
-from cudabox.errors import DataError
+from cudabox.doctor.model import DoctorReport, XidRecord
+from cudabox.doctor.run import Doctor, Environment, Options, replay
+from cudabox.errors import DataError, Unavailable
 from fakenvml import SCENARIOS, XID_LINES, FakeGpu, FakeNvml, board
 
 LISTED = (79, 48, 63, 64, 94, 95, 119, 120, 74)  # the Xids issue 17 names
@@ -150,3 +152,54 @@ def test_xid_catalog_rows_are_sourced_and_strict() -> None:
         parse_xids({**good, "xid": [{**good["xid"][0], "severity": 1}]})  # type: ignore[dict-item]
     with pytest.raises(DataError, match="status must be"):
         parse_xids({**good, "xid": [{**good["xid"][0], "status": "bad"}]})  # type: ignore[dict-item]
+
+
+# --- the live run: the watch spans the load, the verdict is recorded and replays the same ------
+
+
+def test_an_xid_during_the_run_fails_host_xid_and_replays_the_same(tmp_path: Path) -> None:
+    lib = FakeNvml(gpus=board(2))
+
+    def connect() -> Any:
+        lib.raise_xid(1, 79)  # GPU 1 falls off the bus while the doctor works
+        raise Unavailable("no container engine answers", "start one")
+
+    def kernel(gpus: Any) -> tuple[tuple[XidRecord, ...], str | None]:
+        return parse_kernel_xids(f"[ 5.0] {XID_LINES[48]}", gpus), None
+
+    env = Environment(
+        nvml_lib=lib, connect=connect, pci_root=tmp_path, kernel_xids=kernel, say=lambda _: None
+    )
+    report = Doctor(Options(level="quick"), env).run()
+    found = next(c for c in report.checks if c.id == "host.xid")
+    assert (found.status, found.value) == ("fail", "48, 79")
+    assert "Xid 79 (GPU has fallen off the bus) x1 on GPU 1 in NVML's events" in found.message
+    assert found.fix is not None and "check GPU 1's power cables" in found.fix
+    assert "drain GPU 0 and reset it (`nvidia-smi -r -i 0`)" in found.fix
+    assert report.readings is not None
+    assert [(x.xid, x.gpu_index, x.source) for x in report.readings.xids] == [
+        (48, 0, "kernel-log"),
+        (79, 1, "nvml"),
+    ]
+    path = tmp_path / "report.json"
+    path.write_text(report.dumps())
+    again = replay(DoctorReport.load(path))
+    assert [(c.id, c.status) for c in again.checks] == [(c.id, c.status) for c in report.checks]
+    assert next(c for c in again.checks if c.id == "host.xid") == found
+
+
+def test_a_clean_run_passes_host_xid_and_says_what_it_could_not_read(tmp_path: Path) -> None:
+    env = Environment(
+        nvml_lib=FakeNvml(gpus=board(2)),
+        connect=lambda: (_ for _ in ()).throw(Unavailable("no engine", "start one")),
+        pci_root=tmp_path,
+        kernel_xids=lambda gpus: (
+            (),
+            "the kernel log cannot be read (dmesg: Operation not permitted)",
+        ),
+        say=lambda _: None,
+    )
+    report = Doctor(Options(level="quick"), env).run()
+    found = report.checks[-1]
+    assert (found.id, found.status) == ("host.xid", "pass")
+    assert "Operation not permitted" in found.message

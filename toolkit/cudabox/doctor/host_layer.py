@@ -18,7 +18,7 @@ from pathlib import Path
 from cudabox.doctor.health_data import HealthLimits, XidInfo, load_limits, load_xids
 from cudabox.doctor.model import Check, Status, XidRecord, check
 from cudabox.host import HostProfile
-from cudabox.nvml import LIB_RM_VERSION_MISMATCH, GpuHealth, HostHealth
+from cudabox.nvml import LIB_RM_VERSION_MISMATCH, GpuHealth, HostHealth, XidWatch
 
 LAYER = "host"
 
@@ -827,6 +827,23 @@ def _read_kmsg(path: Path) -> str:
     finally:
         os.close(fd)
     return "".join(records)
+
+
+def gather_xids(
+    watch: XidWatch, kernel: tuple[tuple[XidRecord, ...], str | None]
+) -> tuple[tuple[XidRecord, ...], tuple[str, ...]]:
+    """(every Xid seen, why a source could not be read) from a closed watch and the kernel log
+    (`read_kernel_xids`): what a report records and `xid_check` judges."""
+    records, kernel_note = kernel
+    events = tuple(XidRecord(e.xid, e.gpu_index, "nvml", e.time) for e in watch.events)
+    notes = []
+    if not watch.supported:
+        notes.append(f"NVML's Xid events were not watched: {watch.reason}")
+    elif watch.reason:
+        notes.append(watch.reason)
+    if kernel_note:
+        notes.append(kernel_note)
+    return records + events, tuple(notes)
 
 
 def xid_check(

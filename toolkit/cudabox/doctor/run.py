@@ -19,11 +19,11 @@ from typing import Any
 from cudabox import __version__
 from cudabox.container import ContainerEngine
 from cudabox.doctor import container_layer, engine_layer, host_layer, perf, training_layer
-from cudabox.doctor.model import Check, DoctorReport, Level, Readings, check
+from cudabox.doctor.model import Check, DoctorReport, Level, Readings, XidRecord, check
 from cudabox.errors import CudaboxError, UsageError
 from cudabox.host import HostProfile
 from cudabox.images.catalog import ImageSpec, load_catalog
-from cudabox.nvml import GpuHealth, read_host
+from cudabox.nvml import GpuHealth, XidWatch, read_host
 from cudabox.output import progress
 from cudabox.resolver import select
 
@@ -50,6 +50,9 @@ class Environment:
     connect: Callable[[], ContainerEngine] | None = None  # None: cudabox.engine.Engine
     pci_root: Path = Path("/sys/bus/pci/devices")
     proc_version: Path = Path("/proc/driver/nvidia/version")
+    kernel_xids: Callable[[Sequence[GpuHealth]], tuple[tuple[XidRecord, ...], str | None]] = (
+        host_layer.read_kernel_xids
+    )
     say: Callable[[str], None] = progress
 
 
@@ -110,6 +113,7 @@ class Doctor:
         self.versions.update(driver=profile.driver_version, cuda_driver=profile.cuda_driver_version)
         image: ImageSpec | None = None
         engine: ContainerEngine | None = None
+        watch = XidWatch(self.env.nvml_lib).__enter__()  # NVML's Xid events while the GPUs work
         try:
             if not o.here:
                 engine = self._engine_layer(profile)
@@ -137,8 +141,13 @@ class Doctor:
             if o.level == "full":
                 self._training(engine, image, profile)
         finally:
+            watch.__exit__(None, None, None)
             if engine is not None:
                 engine.close()
+        xids, notes = host_layer.gather_xids(watch, self.env.kernel_xids(reading.health.gpus))
+        readings = replace(readings, xids=xids, xid_notes=notes)
+        self.layer("host")
+        self.add(host_layer.xid_check(readings.xids, readings.xid_notes))
         return DoctorReport(
             cudabox_version=__version__,
             timestamp=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -468,4 +477,5 @@ def replay(report: DoctorReport) -> DoctorReport:
     if report.level != "quick":
         checks += judge_framework(readings, report.host, report.framework, checks)
     checks += [c for c in observed if c.layer == "training"]
+    checks.append(host_layer.xid_check(readings.xids, readings.xid_notes))
     return replace(report, checks=tuple(checks), source=report.source)
