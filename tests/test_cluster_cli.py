@@ -157,7 +157,26 @@ def test_scheduler_flags_that_contradict_are_usage_errors() -> None:
         ["--scheduler", "slurm", "--nodes", "0"],
         ["--scheduler", "slurm", "--nnodes", "2", "--rdzv-endpoint", "h:1"],
         ["--scheduler", "k8s", "--cpu", "--gpus-per-node", "2"],
+        ["--scheduler", "k8s", "--wait-pending"],  # Slurm's pending reasons only
     ):
         result = cudabox("train", "torch", *words, "--dry-run")
         assert result.returncode == 2, (words, result.stderr)
         assert "fix:" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("head", "tail"), [(["train", "torch"], []), (["run"], ["--", "true"])], ids=["train", "run"]
+)
+def test_wait_pending_reaches_the_slurm_job(head: list[str], tail: list[str]) -> None:
+    """--wait-pending is taken by train and run and handed on to the Slurm adapter's follow (the
+    real waiting is in tests/test_slurm_pending.py); without it, a hopeless job is cancelled."""
+    from cudabox.cli import parse
+    from cudabox.cluster import ClusterOptions
+
+    words = [*head, "--cpu", "--scheduler", "slurm", "--nodes", "3", "--launcher", "cudabox"]
+    waiting = ClusterOptions.from_args(parse([*words, "--wait-pending", *tail]))
+    assert waiting.wait_pending is True
+    assert ClusterOptions.from_args(parse([*words, *tail])).wait_pending is False
+    result = cudabox(*words, "--wait-pending", "--dry-run", *tail)
+    assert result.returncode == 0, result.stderr
+    assert "#SBATCH --nodes=3" in result.stdout
