@@ -379,3 +379,10 @@ def test_an_unexpected_nvml_error_in_a_new_reading_does_not_make_the_gpu_unreada
     assert checks["host.fabric.gpu0"].status == "skip"
     assert checks["host.pcie_replay.gpu0"].status == "skip"
     assert checks["host.ecc.gpu0"].status == "pass"
+
+
+def test_every_health_source_is_public_or_explained_in_facts() -> None:
+    facts = (Path(__file__).parents[2] / "docs" / "facts.md").read_text()
+    assert "\n## 9. Host hardware health" in facts  # the section the data files cite
+    for key, text in load_limits().sources.items():
+        assert "https://" in text or "docs/facts.md" in text, key

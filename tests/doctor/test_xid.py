@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from cudabox.doctor.host_layer import parse_kernel_xids, read_kernel_xids, xid_c
 from cudabox.doctor.model import DoctorReport, XidRecord
 from cudabox.doctor.run import Doctor, Environment, Options, replay
 from cudabox.errors import DataError, Unavailable
+from cudabox.sourced import DATA
 from fakenvml import SCENARIOS, XID_LINES, FakeGpu, FakeNvml, board
 
 LISTED = (79, 48, 63, 64, 94, 95, 119, 120, 74)  # the Xids issue 17 names
@@ -203,3 +205,8 @@ def test_a_clean_run_passes_host_xid_and_says_what_it_could_not_read(tmp_path: P
     found = report.checks[-1]
     assert (found.id, found.status) == ("host.xid", "pass")
     assert "Operation not permitted" in found.message
+
+
+def test_every_xid_source_is_public() -> None:
+    sources = tomllib.loads((DATA / "xid.toml").read_text())["sources"]
+    assert sources and all("https://docs.nvidia.com/" in text for text in sources.values())
