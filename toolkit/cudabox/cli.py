@@ -172,6 +172,25 @@ def _verify_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _prune_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--images",
+        action="store_true",
+        help="also remove the images cudabox built (never the base, or images built FROM them)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="remove nothing; list what would go and its bytes"
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only what also carries this label, e.g. cudabox.stage_of=torch-2.13-cpu (repeatable)",
+    )
+    _json_flag(parser, "print what was removed and the bytes freed as JSON (docs/prune.md)")
+
+
 def _render_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "targets", nargs="*", metavar="TARGET", help=BUILD_TARGETS_HELP + " (default: all)"
@@ -439,6 +458,16 @@ COMMANDS = (
         "check that images hold what the catalog says (building them if missing)",
         "cudabox.images.build:cmd_verify",
         _verify_args,
+    ),
+    Command(
+        "prune",
+        "remove what builds and runs leave on the engine (build stages, old images, stopped "
+        "containers)",
+        "cudabox.images.prune:cmd_prune",
+        _prune_args,
+        "Remove cudabox's leftovers and print the bytes freed. Build stages (the cache of a "
+        "rebuild), images a rebuild replaced and stopped cudabox containers go; the images "
+        "cudabox built go only with --images. Exit 0.",
     ),
     Command(
         "diff",

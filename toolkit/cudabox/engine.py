@@ -151,6 +151,7 @@ class StoredImage:
 
     id: str
     tags: tuple[str, ...]
+    digests: tuple[str, ...]  # REPO@sha256:... (an image pulled by digest has no tag)
     labels: Mapping[str, str]
     created: int  # seconds since the epoch
     # (chain id, bytes) per layer, bottom first: images that share a chain id share the layer.
@@ -597,10 +598,12 @@ class Engine:
                     continue  # removed since the list: nothing to weigh
             diff_ids = list((attrs.get("RootFS") or {}).get("Layers") or ())
             tags = tuple(t for t in attrs.get("RepoTags") or () if t != "<none>:<none>")
+            digests = tuple(d for d in attrs.get("RepoDigests") or () if d != "<none>@<none>")
             stored.append(
                 StoredImage(
                     id=image_id,
                     tags=tags,
+                    digests=digests,
                     labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
                     created=int(entry.get("Created") or 0),
                     layers=tuple(
