@@ -398,6 +398,7 @@ SCENARIOS: dict[str, FakeNvml] = {
     "fabric-failed": FakeNvml(gpus=board(fabric=(3, pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES))),
     "recovery-reboot": healthy(recovery_action=2),
     "recovery-reset": healthy(recovery_action=1),
+    "recovery-unknown": healthy(recovery_action=42),  # an action newer than cudabox
     "nvlink-down": FakeNvml(gpus=board(nvlinks=(1,) * 17 + (0,))),
     "h100-nvl-pair": FakeNvml(  # 12 links by design: no sibling has more, so no fault
         gpus=[

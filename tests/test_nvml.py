@@ -221,6 +221,7 @@ def test_hardware_readings_come_in_the_same_pass() -> None:
         ({"fabric": (2, 0)}, {"fabric_state": "in_progress"}),
         ({"recovery_action": 2}, {"recovery_action": "reboot"}),
         ({"recovery_action": 3}, {"recovery_action": "drain"}),
+        ({"recovery_action": 42}, {"recovery_action": "unknown"}),  # newer than cudabox
         ({"nvlinks": (1, 1, 0, 1)}, {"nvlink_active": 3, "nvlink_total": 4}),
         ({"replay_count": 17}, {"pcie_replay_count": 17}),
     ],

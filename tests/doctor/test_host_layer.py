@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cudabox import nvml
-from cudabox.doctor.health_data import load_limits
+from cudabox.doctor.health_data import load_limits, parse_limits
 from cudabox.doctor.host_layer import (
     HostReadings,
     host_checks,
@@ -17,6 +18,7 @@ from cudabox.doctor.host_layer import (
     replay_delta_check,
 )
 from cudabox.doctor.model import Check
+from cudabox.errors import DataError
 from fakenvml import SCENARIOS, FakeGpu, FakeNvml, board
 
 
@@ -270,7 +272,11 @@ def test_gpus_without_a_fabric_skip_it() -> None:
 
 @pytest.mark.parametrize(
     ("scenario", "value", "fix"),
-    [("recovery-reboot", "reboot", "reboot it"), ("recovery-reset", "reset", "nvidia-smi -r -i 0")],
+    [
+        ("recovery-reboot", "reboot", "reboot it"),
+        ("recovery-reset", "reset", "nvidia-smi -r -i 0"),
+        ("recovery-unknown", "unknown", "nvidia-smi -q"),
+    ],
 )
 def test_recovery_action_fails_with_what_to_do(scenario: str, value: str, fix: str) -> None:
     found = run(SCENARIOS[scenario])["host.recovery_action.gpu0"]
@@ -386,3 +392,30 @@ def test_every_health_source_is_public_or_explained_in_facts() -> None:
     assert "\n## 9. Host hardware health" in facts  # the section the data files cite
     for key, text in load_limits().sources.items():
         assert "https://" in text or "docs/facts.md" in text, key
+
+
+def test_health_limits_are_parsed_strictly() -> None:
+    good = {
+        "schema": 1,
+        "sources": {"S": "https://example.org"},
+        "limit": [
+            {"name": name, "value": 5, "unit": "u", "source": "S"}
+            for name in (
+                "retired_pages_warn",
+                "retired_pages_fail",
+                "remapped_rows_fail",
+                "pcie_replays_per_minute",
+            )
+        ],
+    }
+    assert parse_limits(good).remapped_rows_fail == 5
+    rows: list[dict[str, object]] = good["limit"]  # type: ignore[assignment]
+    for broken, message in [
+        (rows[1:], "no row for the limit 'retired_pages_warn'"),
+        ([*rows, {**rows[0], "name": "fans"}], "unknown limit 'fans'"),
+        ([{**rows[0], "value": 5.5}, *rows[1:]], "'value' has the wrong type"),
+        ([{**rows[0], "source": "X"}, *rows[1:]], "cites unknown source 'X'"),
+        ([*rows, rows[0]], "a second row for retired_pages_warn"),
+    ]:
+        with pytest.raises(DataError, match=re.escape(message)):
+            parse_limits({**good, "limit": broken})

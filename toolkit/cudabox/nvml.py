@@ -472,7 +472,7 @@ class GpuHealth:
             read.fail("index", "must be a whole number >= 0")
         for key, allowed in (
             ("fabric_state", FABRIC_STATES),
-            ("recovery_action", tuple(RECOVERY_ACTIONS.values())),
+            ("recovery_action", (*RECOVERY_ACTIONS.values(), "unknown")),
         ):
             if values[key] is not None and values[key] not in allowed:
                 read.fail(key, f"must be one of {', '.join(allowed)}, or null")
@@ -748,7 +748,8 @@ def _hardware(session: Nvml, handle: Any) -> dict[str, Any]:
         "power_limit_w": int(limit_mw) / 1000 if limit_mw is not None else None,
         "fabric_state": fabric_state,
         "fabric_status": fabric_status,
-        "recovery_action": None if action is None else RECOVERY_ACTIONS.get(action),
+        # An action newer than this table is still an action: "unknown" fails, never passes.
+        "recovery_action": None if action is None else RECOVERY_ACTIONS.get(action, "unknown"),
         "nvlink_active": active,
         "nvlink_total": total,
         "pcie_replay_count": _opt_count(_soft(session, "nvmlDeviceGetPcieReplayCounter", handle)),
