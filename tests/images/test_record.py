@@ -211,6 +211,18 @@ def test_another_base_digest_is_named_as_the_reason() -> None:
     assert comparison.lines()[-1].endswith("differs (recorded (none))")
 
 
+def test_a_base_made_again_with_the_same_layers_is_not_another_base() -> None:
+    # `cudabox base` on another machine: the same layer, another image id (import time).
+    remade = replace(RECORDED, base_digest=digest("c"), diff_ids=(*IMAGE_LAYERS[:3], digest(5)))
+    assert compare_layers("x", remade, RECORDED).reason == "not-reproducible"
+    other_layer = replace(remade, diff_ids=(digest(6), *IMAGE_LAYERS[1:3], digest(5)))
+    assert compare_layers("x", other_layer, RECORDED).reason == "another-base"
+    # Without a base boundary on both sides, the digest alone decides.
+    assert compare_layers("x", replace(remade, base_layers=None), RECORDED).reason == (
+        "another-base"
+    )
+
+
 def test_another_lock_is_named_when_the_base_is_the_same() -> None:
     built = replace(RECORDED, lock_sha256="b" * 64, diff_ids=(*IMAGE_LAYERS[:3], digest(5)))
     comparison = compare_layers("torch-2.13-cpu", built, RECORDED)

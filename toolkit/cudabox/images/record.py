@@ -250,8 +250,15 @@ def _short(digest: str | None) -> str:
 
 def _other_base(built: Layers, recorded: Layers) -> bool:
     if built.base_digest and recorded.base_digest:
-        return built.base_digest != recorded.base_digest
-    return built.base_name != recorded.base_name  # a record without a digest: by name only
+        differs = built.base_digest != recorded.base_digest
+    else:
+        differs = built.base_name != recorded.base_name  # a record without a digest: by name
+    if not differs or built.base_layers is None or built.base_layers != recorded.base_layers:
+        return differs
+    # A bootstrap made again from the same packages has another image id (`docker import` dates
+    # its config) but the same layers: that is the same base.
+    count = built.base_layers
+    return (built.diff_ids or ())[:count] != (recorded.diff_ids or ())[:count]
 
 
 def compare_layers(name: str, built: Layers, recorded: Layers | None) -> LayerComparison:
