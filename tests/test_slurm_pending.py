@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -434,4 +435,34 @@ def test_wait_pending_keeps_waiting_until_interrupted(slurm: SlurmCluster, tmp_p
         process.send_signal(signal.SIGINT)
         _, rest = process.communicate(timeout=60)
     assert process.returncode == ExitCode.INTERRUPTED, seen + rest
+    assert _queued(slurm) == []
+
+
+def test_a_job_waiting_for_busy_nodes_is_followed_not_cancelled(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    """Resources (every node taken by another job) clears by itself: cudabox keeps following
+    until it is told to stop."""
+    blocker = adapter.submit(
+        "#!/bin/bash\n#SBATCH --nodes=1-9\n#SBATCH --exclusive\nsleep 120\n", workdir=tmp_path
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while (job := adapter.status(blocker)) and job.state is not adapter.JobState.RUNNING:
+            assert time.monotonic() < deadline, f"the blocking job did not start: {job}"
+            time.sleep(0.3)
+        waiting = adapter.submit("#!/bin/bash\n#SBATCH --exclusive\ntrue\n", workdir=tmp_path)
+        timer = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            result = adapter.follow(waiting, tmp_path / "none.log", poll_s=0.3)
+        finally:
+            timer.cancel()
+        assert result.cancelled_on == "SIGINT"  # not cancelled for its reason
+        assert result.reason in ("Resources", "Priority"), result
+    finally:
+        adapter.cancel(blocker)
+    deadline = time.monotonic() + 30  # the blocker's sleep is killed: COMPLETING for a moment
+    while _queued(slurm) and time.monotonic() < deadline:
+        time.sleep(0.3)
     assert _queued(slurm) == []

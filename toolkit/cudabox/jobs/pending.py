@@ -24,8 +24,8 @@ Limit = Literal[
     "nodes", "time", "nodes_down", "constraints", "account", "qos", "resources", "dependency", "-"
 ]
 
-# sinfo's node states (long form, %T) that cannot take a job until an admin acts. A suffix ("*"
-# not responding, "~" powered off, ...) is stripped first.
+# sinfo's node states (long form, %T; sinfo(1), NODE STATE CODES) that cannot take a job until an
+# admin acts. A suffix ("*" not responding, "~" powered off, ...) is stripped first.
 _UNUSABLE = ("down", "drain", "drained", "draining", "fail", "failing", "future", "inval")
 _FIX = "reinstall cudabox; if you edited data/slurm_pending.toml, correct the row it names"
 _KEYS: dict[str, type] = {
