@@ -19,8 +19,8 @@ import pytest
 
 from cudabox.cli import main
 from cudabox.errors import ExitCode
-from cudabox.report import choose, fleet_view, load_reports
-from cudabox.report_html import page
+from cudabox.report import Measurement, choose, fleet_view, load_reports, outliers
+from cudabox.report_html import chart, page
 
 FLEET = sorted(
     (Path(__file__).parents[1] / "fixtures" / "doctor" / "reports" / "fleet").glob("*.json")
@@ -68,6 +68,24 @@ def test_the_page_has_the_tables_and_a_chart_per_metric() -> None:
     assert "perf.matmul_bf16.gpu6" in html and "96.00.61.00.01 (GPU 0-7)" in html
     assert "slower than the fleet&#x27;s NVIDIA H100 80GB HBM3 at matmul_bf16" in html
     assert "flash the VBIOS the fleet runs (96.00.74.00.11)" in html
+
+
+def test_a_crowded_chart_names_its_outliers_only() -> None:
+    def fleet(size: int) -> str:
+        found = [
+            Measurement(f"n{n:02d}", "perf.x.gpu0", "x", "GPU", 0, 100.0 + n % 3, "GB/s")
+            for n in range(size - 1)
+        ]
+        found.append(Measurement("slow", "perf.x.gpu0", "x", "GPU", 0, 80.0, "GB/s"))
+        return chart(outliers(found))
+
+    few = fleet(12)
+    assert all(f">n{n:02d}</text>" in few for n in range(11)) and "rotate(-25" not in few
+    some = fleet(20)
+    assert all(f">n{n:02d}</text>" in some for n in range(19)) and "rotate(-25" in some
+    many = fleet(40)
+    assert ">slow</text>" in many and not re.search(r">n\d\d</text>", many)
+    assert many.count("<circle") == 40 and "FAIL 0.79 x" in many
 
 
 def test_report_writes_the_page_atomically(

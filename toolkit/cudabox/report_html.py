@@ -271,7 +271,8 @@ def chart(found: Sequence[Outlier], width: int = 1080, height: int = 280) -> str
             f'<text x="{left + plot_w + 6}" y="{at + 4:.1f}" font-size="11" '
             f'fill="{colour}">{escape(text)}</text>'
         )
-    rotate = len(nodes) > 12
+    rotate = len(nodes) > 12  # names at an angle from here, and only the outliers' beyond 24
+    crowded = len(nodes) > 24
     for n, node in enumerate(nodes):
         mine = sorted(
             (o for o in found if o.measurement.node == node),
@@ -291,6 +292,13 @@ def chart(found: Sequence[Outlier], width: int = 1080, height: int = 280) -> str
                 + f"><title>{escape(tip)}</title></circle>"
             )
         status = worst([o.status for o in mine])
+        if status == "fail":  # at the top of its tinted column, clear of the names below
+            parts.append(
+                f'<text x="{centre:.1f}" y="{top + 14}" font-size="11" text-anchor="middle" '
+                f'fill="{_COLOUR["fail"]}">FAIL {min(o.ratio for o in mine):.2f} x</text>'
+            )
+        if crowded and status == "pass":
+            continue  # too many names to read: the failing and warning ones, the table the rest
         weight = ' font-weight="700"' if status in ("warn", "fail") else ""
         colour = _COLOUR[status] if status in ("warn", "fail") else "#222222"
         label_y = top + plot_h + 18
@@ -300,12 +308,6 @@ def chart(found: Sequence[Outlier], width: int = 1080, height: int = 280) -> str
             f'<text x="{centre:.1f}" y="{label_y}" font-size="12" text-anchor="{anchor}" '
             f'fill="{colour}"{weight}{turn}>{escape(node)}</text>'
         )
-        if status == "fail":
-            worst_ratio = min(o.ratio for o in mine)
-            parts.append(
-                f'<text x="{centre:.1f}" y="{label_y + 16}" font-size="11" text-anchor="middle" '
-                f'fill="{_COLOUR["fail"]}">FAIL {worst_ratio:.2f} x</text>'
-            )
     parts.append(
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
         'stroke="#bbbbbb"/></svg>'
