@@ -46,8 +46,21 @@ def test_h2d_against_the_link() -> None:
     slow = perf.judge(m("h2d_bandwidth", 26.0), H100)  # what a Gen4 link gives
     assert (ok.status, ok.expected) == ("pass", expected)
     assert slow.status == "fail" and slow.fix is not None and "host.pcie_link" in slow.fix
-    assert perf.judge(m("h2d_bandwidth", 22.0), L4).status == "pass"
+    assert perf.judge(m("h2d_bandwidth", 25.0), L4).status == "pass"  # Gen4 x16: 26.1 expected
     assert perf.judge(m("h2d_bandwidth", 22.0), UNKNOWN).status == "skip"
+
+
+def test_copies_in_each_direction_against_the_link() -> None:
+    # Gen5 x16: 0.83 x 63.0 GB/s payload = 52.3 expected a direction; fail below 0.75 x = 39.2.
+    assert perf.link_expectation(H100) == (52.3, "Gen5 x16")
+    for metric in ("h2d_bandwidth", "d2h_bandwidth"):
+        assert perf.judge(m(metric, 40.0), H100).status == "warn"
+        slow = perf.judge(m(metric, 38.5), H100)
+        assert (slow.id, slow.status) == (f"perf.{metric}.gpu0", "fail")
+        assert slow.fix is not None and "NUMA" in slow.fix
+    both = perf.judge(m("bidir_bandwidth", 90.0), H100)  # 1.6 x 52.3 = 83.7 expected
+    assert (both.status, both.expected) == ("pass", 83.7)
+    assert perf.judge(m("bidir_bandwidth", 60.0), H100).status == "fail"
 
 
 def test_unsupported_and_crashed_measurements() -> None:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib
 import json
 import math
+import os
 import platform
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 MARKER = "CUDABOX_DOCTOR_RESULT "
@@ -86,7 +89,11 @@ def rel_error(result: Any, reference: Any) -> float:
 # --- torch -------------------------------------------------------------------------------------
 
 
-def torch_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
+def torch_checks(
+    perf: bool, perf_seconds: float, load: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`load`: level ("standard" or "full"), burn_seconds, mem_fraction, nccl_bytes."""
+    load = load or {}
     checks: list[dict[str, Any]] = []
     measurements: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -145,23 +152,52 @@ def torch_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
         _timed(checks, lambda: [_torch_nccl(torch, count)])
         if perf:
             for index in range(count):
-                for fn in (_perf_matmul_bf16, _perf_matmul_tf32, _perf_memory, _perf_h2d):
-                    start = time.perf_counter()
-                    try:
-                        found = fn(torch, index, perf_seconds)
-                    except Exception as exc:
-                        found = {
-                            "id": f"perf.{fn.__name__.removeprefix('_perf_')}.gpu{index}",
-                            "error": f"{type(exc).__name__}: {exc}",
-                        }
-                    found.update(
-                        gpu_index=index,
-                        gpu_uuid=gpus[index]["uuid"],
-                        duration_s=round(time.perf_counter() - start, 3),
-                    )
-                    measurements.append(found)
-                    shown = found.get("error") or f"{found.get('value')} {found.get('unit')}"
-                    _say(f"meas  {found['id']}: {shown}")
+                uuid = gpus[index]["uuid"]
+                with _numa_pinned(_pci_bus_id(torch, index)):
+                    for fn in (
+                        _perf_matmul_bf16,
+                        _perf_matmul_tf32,
+                        _perf_memory,
+                        _perf_h2d,
+                        _perf_d2h,
+                        _perf_bidir,
+                    ):
+                        name = fn.__name__.removeprefix("_perf_")
+                        _measure(
+                            measurements,
+                            f"perf.{name}.gpu{index}",
+                            lambda f=fn, i=index: f(torch, i, perf_seconds),  # type: ignore[misc]
+                            index,
+                            uuid,
+                        )
+            for a in range(count):
+                for b in range(count):
+                    if a != b:
+                        _measure(
+                            measurements,
+                            f"perf.p2p.gpu{a}-gpu{b}",
+                            lambda a=a, b=b: _perf_p2p(torch, a, b, perf_seconds),  # type: ignore[misc]
+                            a,
+                            gpus[a]["uuid"],
+                        )
+            _measure(
+                measurements,
+                "perf.nccl_busbw",
+                lambda: nccl_busbw(torch, count, load.get("nccl_bytes", NCCL_BYTES), "nccl"),
+            )
+        if load.get("level") == "full":
+            for index in range(count):
+                _measure(
+                    measurements,
+                    f"mem.pattern.gpu{index}",
+                    lambda i=index: _gpu_pattern(torch, i, load.get("mem_fraction", MEM_FRACTION)),  # type: ignore[misc]
+                    index,
+                    gpus[index]["uuid"],
+                )
+            for found in burn_gpus(torch, count, load.get("burn_seconds", BURN_SECONDS)):
+                found["gpu_uuid"] = gpus[found["gpu_index"]]["uuid"]
+                measurements.append(found)
+                _say(f"meas  {found['id']}: {found.get('error') or found.get('value')}")
     else:
         reason = cuda_check["message"]
         for name in ("matmul", "cudnn_conv", "nccl_allreduce"):
@@ -419,6 +455,371 @@ def _perf_h2d(torch: Any, index: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def _measure(
+    measurements: list[dict[str, Any]],
+    cid: str,
+    fn: Callable[[], dict[str, Any]],
+    gpu_index: int | None = None,
+    gpu_uuid: str | None = None,
+) -> None:
+    """Run one measurement; an exception is its error, never the end of the script."""
+    start = time.perf_counter()
+    try:
+        found = {"id": cid, **fn()}
+    except Exception as exc:
+        found = {"id": cid, "error": f"{type(exc).__name__}: {exc}"}
+    if gpu_index is not None:
+        found.update(gpu_index=gpu_index, gpu_uuid=gpu_uuid)
+    found["duration_s"] = round(time.perf_counter() - start, 3)
+    measurements.append(found)
+    shown = found.get("error") or f"{found.get('value')} {found.get('unit') or ''}"
+    _say(f"meas  {cid}: {shown}")
+
+
+# --- copies: pinned host memory, the process on the GPU's NUMA node ----------------------------
+
+
+def _pci_bus_id(torch: Any, index: int) -> str | None:
+    props = torch.cuda.get_device_properties(index)
+    bus = getattr(props, "pci_bus_id", None)
+    if bus is None:
+        return None
+    domain = getattr(props, "pci_domain_id", 0)
+    device = getattr(props, "pci_device_id", 0)
+    return f"{domain:04x}:{bus:02x}:{device:02x}.0"
+
+
+def numa_cpus(bus_id: str | None, sys_root: str = "/sys") -> set[int] | None:
+    """The CPUs of the NUMA node a PCI device sits on, when /sys tells it; else None."""
+    if bus_id is None:
+        return None
+    try:
+        root = Path(sys_root)
+        node = int((root / "bus/pci/devices" / bus_id.lower() / "numa_node").read_text().strip())
+        if node < 0:  # -1: a single-node machine, or firmware that does not say
+            return None
+        return parse_cpulist((root / f"devices/system/node/node{node}/cpulist").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def parse_cpulist(text: str) -> set[int]:
+    """'0-3,8-11' -> {0, 1, 2, 3, 8, 9, 10, 11} (the kernel's cpulist format)."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if "-" in part:
+            low, high = part.split("-")
+            cpus.update(range(int(low), int(high) + 1))
+        elif part:
+            cpus.add(int(part))
+    return cpus
+
+
+class _numa_pinned:  # noqa: N801 - used as a context manager, like contextlib's
+    """Pin this process to the GPU's NUMA node for the copies: a copy across sockets measures
+    the inter-socket link, not the GPU's (nvbandwidth and DCGM pin the same way)."""
+
+    def __init__(self, bus_id: str | None) -> None:
+        self.cpus = numa_cpus(bus_id)
+        self.saved: set[int] | None = None
+
+    def __enter__(self) -> None:
+        if self.cpus and hasattr(os, "sched_setaffinity"):
+            try:
+                self.saved = os.sched_getaffinity(0)
+                os.sched_setaffinity(0, self.cpus & self.saved or self.saved)
+            except OSError:
+                self.saved = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is not None:
+            os.sched_setaffinity(0, self.saved)
+
+
+def _perf_d2h(torch: Any, index: int, seconds: float) -> dict[str, Any]:
+    size = 256 << 20
+    with torch.cuda.device(index):
+        host = torch.empty(size, dtype=torch.uint8).pin_memory()
+        dev = torch.empty(size, dtype=torch.uint8, device=f"cuda:{index}")
+        per_call = _bench(torch, index, lambda: host.copy_(dev, non_blocking=True), seconds)
+    return {
+        "value": round(size / per_call / 1e9, 1),
+        "unit": "GB/s",
+        "detail": "device-to-host copy of 256 MiB into pinned memory",
+    }
+
+
+def _perf_bidir(torch: Any, index: int, seconds: float) -> dict[str, Any]:
+    size = 256 << 20
+    with torch.cuda.device(index):
+        up = torch.empty(size, dtype=torch.uint8).pin_memory()
+        down = torch.empty(size, dtype=torch.uint8).pin_memory()
+        dev_in = torch.empty(size, dtype=torch.uint8, device=f"cuda:{index}")
+        dev_out = torch.empty(size, dtype=torch.uint8, device=f"cuda:{index}")
+        streams = (torch.cuda.Stream(index), torch.cuda.Stream(index))
+
+        def both() -> None:
+            with torch.cuda.stream(streams[0]):
+                dev_in.copy_(up, non_blocking=True)
+            with torch.cuda.stream(streams[1]):
+                down.copy_(dev_out, non_blocking=True)
+
+        per_call = _wall_bench(torch, [index], both, seconds)
+    return {
+        "value": round(2 * size / per_call / 1e9, 1),
+        "unit": "GB/s",
+        "detail": "host-to-device and device-to-host copies of 256 MiB at once, both counted",
+    }
+
+
+def _wall_bench(torch: Any, devices: list[int], fn: Callable[[], Any], seconds: float) -> float:
+    """Seconds per call of fn, wall clock, with every device in `devices` synchronised."""
+    fn()
+    for d in devices:
+        torch.cuda.synchronize(d)
+    calls = 0
+    start = time.perf_counter()
+    while calls < 5 or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+        for d in devices:
+            torch.cuda.synchronize(d)
+    return (time.perf_counter() - start) / calls
+
+
+def _perf_p2p(torch: Any, a: int, b: int, seconds: float) -> dict[str, Any]:
+    if not torch.cuda.can_device_access_peer(a, b):
+        return {
+            "error": f"GPU {a} cannot reach GPU {b} directly (no peer access)",
+            "unsupported": True,
+        }
+    size = 256 << 20
+    src = torch.empty(size, dtype=torch.uint8, device=f"cuda:{a}")
+    dst = torch.empty(size, dtype=torch.uint8, device=f"cuda:{b}")
+    per_call = _wall_bench(torch, [a, b], lambda: dst.copy_(src, non_blocking=True), seconds)
+    return {
+        "value": round(size / per_call / 1e9, 1),
+        "unit": "GB/s",
+        "peer": b,
+        "detail": f"GPU {a} to GPU {b}, 256 MiB, one direction",
+    }
+
+
+# --- NCCL all-reduce bus bandwidth: one process per GPU, as nccl-tests runs it ----------------
+
+NCCL_BYTES = 4 << 30
+NCCL_ITERS = 5
+
+
+def nccl_busbw(torch: Any, count: int, size: int, backend: str) -> dict[str, Any]:
+    """All-reduce of `size` bytes (float32) in `count` processes; nccl-tests' bus bandwidth."""
+    if count < 2:
+        return {
+            "error": f"{count} GPU: an all-reduce bus bandwidth needs two or more",
+            "unsupported": True,
+        }
+    import tempfile
+
+    mp: Any = importlib.import_module("torch.multiprocessing")
+    with tempfile.TemporaryDirectory(prefix="cudabox-nccl-") as tmp:
+        out = Path(tmp) / "rank0.json"
+        mp.spawn(_allreduce_rank, args=(count, size, backend, tmp, out), nprocs=count, join=True)
+        seconds = float(json.loads(out.read_text())["seconds"])
+    algbw = size / seconds / 1e9
+    return {
+        "value": round(algbw * 2 * (count - 1) / count, 1),
+        "unit": "GB/s",
+        "gpus": count,
+        "algbw": round(algbw, 1),
+        "detail": f"all-reduce of {size >> 20} MiB float32 over {count} processes ({backend}), "
+        "bus bandwidth = algbw x 2(n-1)/n",
+    }
+
+
+def _allreduce_rank(rank: int, world: int, size: int, backend: str, tmp: str, out: Path) -> None:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group(backend, init_method=f"file://{tmp}/store", world_size=world, rank=rank)
+    try:
+        device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        data = torch.ones(size // 4, dtype=torch.float32, device=device)
+        dist.all_reduce(data)  # warm-up: NCCL builds its rings and channels on the first call
+        dist.barrier()
+        if backend == "nccl":
+            torch.cuda.synchronize(rank)
+        start = time.perf_counter()
+        for _ in range(NCCL_ITERS):
+            dist.all_reduce(data)
+        if backend == "nccl":
+            torch.cuda.synchronize(rank)
+        dist.barrier()
+        seconds = (time.perf_counter() - start) / NCCL_ITERS
+        if rank == 0:
+            out.write_text(json.dumps({"seconds": seconds}))
+    finally:
+        dist.destroy_process_group()
+
+
+# --- memory pattern test (level full) ----------------------------------------------------------
+
+MEM_FRACTION = 0.9  # of the free memory; the rest is left for the driver and the comparisons
+MEM_CHUNK = 256 << 20
+PATTERNS = (0x00, 0xAA, 0x55, 0xFF)
+
+
+def pattern_test(
+    torch: Any,
+    device: Any,
+    size: int,
+    chunk: int = MEM_CHUNK,
+    after_fill: Callable[[list[Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Write each pattern (0x00, 0xAA, 0x55, 0xFF, then each 8-byte word's own address) over
+    `size` bytes in chunks, all of it before reading any back, and count the bytes that differ.
+
+    `after_fill` sees the chunks after each fill (tests flip a bit there, as a failing cell would).
+    """
+    chunks = [
+        torch.empty(min(chunk, size - start), dtype=torch.uint8, device=device)
+        for start in range(0, size, chunk)
+    ]
+    mismatches: dict[str, int] = {}
+    for pattern in PATTERNS:
+        for c in chunks:
+            c.fill_(pattern)
+        if after_fill is not None:
+            after_fill(chunks)
+        mismatches[f"0x{pattern:02X}"] = sum(int(torch.count_nonzero(c != pattern)) for c in chunks)
+    offset = 0
+    for c in chunks:  # address in address: catches address-line faults that fixed bytes miss
+        words = c[: c.numel() // 8 * 8].view(torch.int64)
+        torch.arange(offset, offset + words.numel(), dtype=torch.int64, device=device, out=words)
+        offset += words.numel()
+    if after_fill is not None:
+        after_fill(chunks)
+    bad, offset = 0, 0
+    for c in chunks:
+        words = c[: c.numel() // 8 * 8].view(torch.int64)
+        want = torch.arange(offset, offset + words.numel(), dtype=torch.int64, device=device)
+        bad += int(torch.count_nonzero(words != want)) * 8  # a wrong word: up to 8 bytes wrong
+        offset += words.numel()
+        del want
+    mismatches["address"] = bad
+    total = sum(mismatches.values())
+    del chunks
+    return {
+        "value": total,
+        "unit": "bytes",
+        "tested_bytes": size,
+        "patterns": mismatches,
+        "detail": f"{size / 2**30:.1f} GiB, patterns 0x00 0xAA 0x55 0xFF and address-in-address",
+    }
+
+
+def _gpu_pattern(torch: Any, index: int, fraction: float) -> dict[str, Any]:
+    free, _total = torch.cuda.mem_get_info(index)
+    # Room for one chunk's comparison mask and one arange beside the tested memory.
+    size = max(0, int(free * fraction) - 3 * MEM_CHUNK) // MEM_CHUNK * MEM_CHUNK
+    result = pattern_test(torch, torch.device("cuda", index), size)
+    torch.cuda.synchronize(index)
+    torch.cuda.empty_cache()
+    return {**result, "free_bytes": free}
+
+
+# --- burn (level full): bf16 matmuls on every GPU at once ---------------------------------------
+
+BURN_SECONDS = 60.0
+BURN_N = 8192
+
+
+def burn(
+    torch: Any, device: Any, seconds: float, n: int = BURN_N, dtype: Any = None
+) -> dict[str, Any]:
+    """Matmuls of fixed random inputs for `seconds`; TFLOP/s, and checksums of the product taken
+    at the start and then every few seconds: the same inputs must give the same bits each time."""
+    dtype = dtype or torch.bfloat16
+    gen = torch.Generator().manual_seed(17)  # the same inputs on every GPU of the node
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    is_cuda = getattr(device, "type", str(device)).startswith("cuda")
+
+    def sync() -> None:
+        if is_cuda:
+            torch.cuda.synchronize(device)
+
+    checksums = [_checksum(a @ b)]
+    calls, last_sum = 0, time.perf_counter()
+    sync()
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or calls == 0:
+        out = a @ b
+        calls += 1
+        if calls % 20 == 0:
+            sync()
+            if time.perf_counter() - last_sum >= 5:
+                checksums.append(_checksum(out))
+                last_sum = time.perf_counter()
+    sync()
+    elapsed = time.perf_counter() - start
+    checksums.append(_checksum(a @ b))
+    return {
+        "value": round(2 * n**3 * calls / elapsed / 1e12, 3),
+        "unit": "TFLOP/s",
+        "seconds": round(elapsed, 1),
+        "checksums": sorted(set(checksums)),
+        "detail": f"{calls} {n}x{n}x{n} matmuls in {elapsed:.1f} s",
+    }
+
+
+def _checksum(t: Any) -> str:
+    """A digest of the tensor's bits (two results equal bit for bit digest alike)."""
+    import hashlib
+
+    data = t.detach().contiguous().view(-1).view(dtype=_int_view(t))
+    try:
+        return hashlib.sha256(data.cpu().numpy().tobytes()).hexdigest()[:16]
+    except (ImportError, RuntimeError):  # torch without numpy: two sums of the bits instead
+        words = data.long()
+        return f"{int(words.sum())}:{int((words * words).sum())}"
+
+
+def _int_view(t: Any) -> Any:
+    import torch
+
+    return {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+
+
+def burn_gpus(torch: Any, count: int, seconds: float) -> list[dict[str, Any]]:
+    """The burn on every GPU at once (a real job heats the whole node), one thread per GPU."""
+    import threading
+
+    found: list[dict[str, Any]] = [{} for _ in range(count)]
+
+    def one(index: int) -> None:
+        started = time.perf_counter()
+        try:
+            with torch.cuda.device(index):
+                result = burn(torch, torch.device("cuda", index), seconds)
+        except Exception as exc:
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        found[index] = {
+            "id": f"burn.gpu{index}",
+            **result,
+            "gpu_index": index,
+            "duration_s": round(time.perf_counter() - started, 3),
+        }
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return found
+
+
 # --- tensorflow --------------------------------------------------------------------------------
 
 
@@ -548,11 +949,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--perf-seconds", type=float, default=0.5, help="timed seconds per figure")
     parser.add_argument("--nvml-uuids", action="store_true", help="only list NVML's GPU UUIDs")
+    parser.add_argument(
+        "--level", choices=("standard", "full"), default="standard", help="full: burn, memory"
+    )
+    parser.add_argument("--burn-seconds", type=float, default=BURN_SECONDS)
+    parser.add_argument("--mem-fraction", type=float, default=MEM_FRACTION)
+    parser.add_argument("--nccl-mib", type=int, default=NCCL_BYTES >> 20)
     args = parser.parse_args(argv)
     if args.nvml_uuids:
         result = nvml_uuids()
     elif args.framework == "torch":
-        result = torch_checks(args.perf, args.perf_seconds)
+        load = {
+            "level": args.level,
+            "burn_seconds": args.burn_seconds,
+            "mem_fraction": args.mem_fraction,
+            "nccl_bytes": args.nccl_mib << 20,
+        }
+        result = torch_checks(args.perf, args.perf_seconds, load)
     else:
         result = tensorflow_checks(args.perf, args.perf_seconds)
     sys.stdout.write(MARKER + json.dumps(result) + "\n")

@@ -208,6 +208,7 @@ class Readings:
     xids: tuple[XidRecord, ...] = ()
     xid_notes: tuple[str, ...] = ()  # why a source of Xids could not be read
     samples: tuple[Sample, ...] = ()  # NVML sampled during the load (level full)
+    sample_note: str | None = None  # why there are no samples
     host_after: HostHealth | None = None  # NVML after the load: ECC and PCIe replay deltas
     load_seconds: float | None = None  # how long the load between `host` and `host_after` ran
     observed: tuple[Check, ...] = ()
@@ -223,6 +224,7 @@ class Readings:
             "xids": [x.to_json() for x in self.xids],
             "xid_notes": list(self.xid_notes),
             "samples": [s.to_json() for s in self.samples],
+            "sample_note": self.sample_note,
             "host_after": None if self.host_after is None else self.host_after.to_json(),
             "load_seconds": self.load_seconds,
             "observed": [c.to_json() for c in self.observed],
@@ -272,6 +274,7 @@ class Readings:
                     _sample(item, where, f"readings.samples[{n}].")
                     for n, item in enumerate(read.items("samples"))
                 ),
+                sample_note=read.text("sample_note"),
                 host_after=_health(data["host_after"], f"{where}: readings.host_after"),
                 load_seconds=None if seconds is None else float(seconds),
                 observed=tuple(
@@ -291,6 +294,7 @@ _READINGS_KEYS = (
     "xids",
     "xid_notes",
     "samples",
+    "sample_note",
     "host_after",
     "load_seconds",
     "observed",
