@@ -112,6 +112,13 @@ def test_no_reason_keeps_waiting() -> None:
     assert judge("", ASKS_3, DEBUG) is None
 
 
+def test_a_job_sent_to_several_partitions_keeps_waiting() -> None:
+    """Slurm shows one partition's reason; another partition of the list may still run it."""
+    several = JobRequest("77", "debug,big", 3, None, None)
+    assert judge("PartitionNodeLimit", several, None) is None
+    assert judge("PartitionNodeLimit", ASKS_3, None) is not None  # without the figures, too
+
+
 def test_nodes_not_available_are_hopeless_only_when_slurm_names_them() -> None:
     assert judge("ReqNodeNotAvail,_UnavailableNodes:", ASKS_3, DEBUG) is None  # in use, reserved
     assert judge("ReqNodeNotAvail,_Reserved_for_maintenance", ASKS_3, DEBUG) is None

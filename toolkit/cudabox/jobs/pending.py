@@ -141,6 +141,8 @@ def judge(
     rule = rules.get(reason)
     if rule is None or rule.verdict != "hopeless":
         return None  # unknown reasons wait: a newer Slurm's reason may well clear
+    if request.partition and "," in request.partition:
+        return None  # submitted to several partitions: the reason is one's, another may run it
     limit: Limit = rule.limit
     if rule.when == "unavailable_nodes" and not _names_unavailable_nodes(reason):
         return None
