@@ -10,6 +10,7 @@ import datetime as dt
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,18 +20,27 @@ from typing import Any
 from cudabox import __version__
 from cudabox.container import ContainerEngine
 from cudabox.doctor import container_layer, engine_layer, host_layer, perf, training_layer
-from cudabox.doctor.model import Check, DoctorReport, Level, Readings, XidRecord, check
+from cudabox.doctor.model import Check, DoctorReport, Level, Readings, Sample, XidRecord, check
 from cudabox.errors import CudaboxError, UsageError
 from cudabox.host import HostProfile
 from cudabox.images.catalog import ImageSpec, load_catalog
-from cudabox.nvml import GpuHealth, XidWatch, read_host
+from cudabox.nvml import GpuHealth, HostHealth, XidWatch, read_host, sample_gpus
 from cudabox.output import progress
 from cudabox.resolver import select
 
 SCRIPT_TIMEOUT = 600.0
 TRAIN_TIMEOUT = 900.0
 ENGINE_TIMEOUT = 60.0  # an engine call that takes longer has stopped answering
-PERF_IDS = ("perf.matmul_bf16", "perf.matmul_tf32", "perf.mem_bandwidth", "perf.h2d_bandwidth")
+PERF_IDS = (
+    "perf.matmul_bf16",
+    "perf.matmul_tf32",
+    "perf.mem_bandwidth",
+    "perf.h2d_bandwidth",
+    "perf.d2h_bandwidth",
+    "perf.bidir_bandwidth",
+    "perf.nccl_busbw",
+)
+FULL_IDS = ("mem.pattern", "burn.tflops", "burn.checksum")  # level full only
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class Options:
     level: Level = "standard"
     here: bool = False
     perf_seconds: float = 0.5
+    burn_seconds: float = 60.0  # level full: the bf16 burn on every GPU
 
 
 @dataclass
@@ -121,21 +132,27 @@ class Doctor:
                 result: dict[str, Any] | None = None
                 why = "the framework checks did not run"
                 with_gpus = bool(profile.gpus)
-                if o.here:
-                    result = self._here_script()
-                elif engine is None:
-                    why = "no container engine to run the image in"
-                else:
-                    image = self._pick_image(profile)
-                    if image is not None:
-                        result, why, with_gpus = self._container_layer(engine, image, profile)
+                load = Load(self.env.nvml_lib, sample=o.level == "full" and bool(profile.gpus))
+                with load:
+                    if o.here:
+                        result = self._here_script()
+                    elif engine is None:
+                        why = "no container engine to run the image in"
                     else:
-                        why = "no image fits this host"
+                        image = self._pick_image(profile)
+                        if image is not None:
+                            result, why, with_gpus = self._container_layer(engine, image, profile)
+                        else:
+                            why = "no image fits this host"
                 readings = replace(
                     readings,
                     framework=result,
                     framework_note=None if result is not None else why,
                     framework_gpus=with_gpus,
+                    samples=load.samples,
+                    sample_note=load.note,
+                    host_after=load.after if result is not None and profile.gpus else None,
+                    load_seconds=load.seconds,
                 )
                 self._framework_and_perf(readings, profile)
             if o.level == "full":
@@ -234,12 +251,17 @@ class Doctor:
         return result, why, with_gpus
 
     def _script_args(self, framework: str) -> list[str]:
+        o = self.options
         return [
             "--json",
             "--framework",
             framework,
             "--perf-seconds",
-            str(self.options.perf_seconds),
+            str(o.perf_seconds),
+            "--level",
+            "full" if o.level == "full" else "standard",
+            "--burn-seconds",
+            str(o.burn_seconds),
         ]
 
     def _here_script(self) -> dict[str, Any] | None:
@@ -277,7 +299,9 @@ class Doctor:
         if readings.framework is not None:
             for key, value in dict(readings.framework.get("versions") or {}).items():
                 self.versions[str(key)] = None if value is None else str(value)
-        framework = judge_framework(readings, profile, self.options.framework, self.checks)
+        framework = judge_framework(
+            readings, profile, self.options.framework, self.checks, self.options.level
+        )
         self.layer("framework")
         self.add([c for c in framework if c.layer == "framework"])
         self.layer("performance")
@@ -301,6 +325,51 @@ class Doctor:
         self.observe(found, started)
 
 
+class Load:
+    """Around the framework script: NVML sampled each second while it runs (level full), and
+    the GPUs read again after it (ECC and PCIe replay deltas). Never raises for a missing driver."""
+
+    def __init__(self, lib: Any, sample: bool, interval: float = 1.0) -> None:
+        self.lib, self.sample, self.interval = lib, sample, interval
+        self.samples: tuple[Sample, ...] = ()
+        self.note: str | None = None if sample else "NVML is sampled at level full only"
+        self.after: HostHealth | None = None
+        self.seconds: float | None = None
+        self._stop = threading.Event()
+        self._found: list[Any] = []
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Load:
+        self._started = time.monotonic()
+        if self.sample:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        self._found = sample_gpus(self.lib, SCRIPT_TIMEOUT + 60, self.interval, self._stop)
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = round(time.monotonic() - self._started, 3)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self.samples = tuple(
+                Sample(
+                    index=s.index,
+                    t=s.t,
+                    temperature_c=s.temperature_c,
+                    sm_clock_mhz=s.sm_clock_mhz,
+                    power_w=s.power_w,
+                    clock_event_reasons=s.clock_event_reasons,
+                )
+                for s in self._found
+            )
+            if not self.samples:
+                self.note = "NVML gave no samples (no driver, or no GPU answered)"
+        self.after = read_host(self.lib, with_health=True).health
+
+
 # --- judging: pure functions of the readings, shared by the live run and --replay -------------
 
 
@@ -322,6 +391,7 @@ def judge_framework(
     profile: HostProfile,
     framework: str,
     before: Sequence[Check] = (),
+    level: str = "standard",
 ) -> list[Check]:
     """The framework and performance checks from the in-image result; `before` are the checks
     judged or observed earlier in the run (a container failure already explains a skip)."""
@@ -331,7 +401,8 @@ def judge_framework(
         why = readings.framework_note or "the framework checks did not run"
         if not any(c.layer == "framework" for c in before):
             out.append(check("framework.run", "framework", "skip", why))
-        out.extend(check(cid, "performance", "skip", why) for cid in PERF_IDS)
+        skipped = PERF_IDS + (FULL_IDS if level == "full" else ())
+        out.extend(check(cid, "performance", "skip", why) for cid in skipped)
         return out
     for item in result.get("checks") or []:
         try:
@@ -361,13 +432,21 @@ def judge_framework(
             why = f"CUDA did not start (see framework.cuda_init): {cuda.value or cuda.message}"
         else:
             why = cuda.message if cuda is not None else "no GPU"
-        out.extend(check(cid, "performance", "skip", why) for cid in PERF_IDS)
+        skipped = PERF_IDS + (FULL_IDS if level == "full" else ())
+        out.extend(check(cid, "performance", "skip", why) for cid in skipped)
         return out
     host = readings.host
     gpus = host.gpus if host is not None else ()
     by_uuid = {g.uuid: g for g in gpus if g.uuid}
     by_index: dict[int, GpuHealth] = {g.index: g for g in gpus}
     out.extend(perf.perf_checks(measurements, by_uuid, by_index))
+    burned = sorted(
+        int(m.get("gpu_index") or 0) for m in measurements if str(m["id"]).startswith("burn.")
+    )
+    if burned:
+        out.extend(perf.throttle_checks(readings.samples, burned, readings.sample_note))
+    out.extend(perf.ecc_delta_checks(host, readings.host_after))
+    out.extend(perf.replay_delta_checks(host, readings.host_after, readings.load_seconds))
     return out
 
 
@@ -475,7 +554,7 @@ def replay(report: DoctorReport) -> DoctorReport:
     checks: list[Check] = judge_host(readings, report.host)
     checks += [c for c in observed if c.layer in ("engine", "container", "framework")]
     if report.level != "quick":
-        checks += judge_framework(readings, report.host, report.framework, checks)
+        checks += judge_framework(readings, report.host, report.framework, checks, report.level)
     checks += [c for c in observed if c.layer == "training"]
     checks.append(host_layer.xid_check(readings.xids, readings.xid_notes))
     return replace(report, checks=tuple(checks), source=report.source)
