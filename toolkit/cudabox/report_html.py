@@ -218,9 +218,11 @@ def _charts(view: FleetView) -> list[str]:
 def chart(found: Sequence[Outlier], width: int = 1080, height: int = 280) -> str:
     """One metric of one GPU model: a column per node, a dot per value, the median and the two
     thresholds as lines; a failing node's column is tinted and its name red."""
-    left, right, top, bottom = 70, 150, 16, 56
-    plot_w, plot_h = width - left - right, height - top - bottom
     nodes = list(dict.fromkeys(o.measurement.node for o in found))
+    rotate = len(nodes) > 12  # names at an angle from here, and only the outliers' beyond 24
+    crowded = len(nodes) > 24
+    left, right, top, bottom = 70, 150, 16, 64 if rotate else 32
+    plot_w, plot_h = width - left - right, height - top - bottom
     median = found[0].median
     values = [o.measurement.value for o in found]
     lo = min(min(values), median * OUTLIER_FAIL_BELOW) * 0.97
@@ -271,8 +273,6 @@ def chart(found: Sequence[Outlier], width: int = 1080, height: int = 280) -> str
             f'<text x="{left + plot_w + 6}" y="{at + 4:.1f}" font-size="11" '
             f'fill="{colour}">{escape(text)}</text>'
         )
-    rotate = len(nodes) > 12  # names at an angle from here, and only the outliers' beyond 24
-    crowded = len(nodes) > 24
     for n, node in enumerate(nodes):
         mine = sorted(
             (o for o in found if o.measurement.node == node),
