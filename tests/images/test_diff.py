@@ -617,7 +617,8 @@ def test_json_shape_is_the_documented_one() -> None:
         "seconds",
     }
     assert report["verdict"] == "different"
-    assert set(report["a"]) == {"ref", "id", "size", "layers"}
+    assert set(report["a"]) == {"ref", "id", "size", "base", "layers"}
+    assert report["a"]["base"] is None  # no labels: no base claimed
     assert set(report["a"]["layers"][0]) == {"diff_id", "size", "shared", "chain_shared"}
     assert set(report["layers"]) == {"shared", "chain_shared", "b_fetch"}
     assert set(report["layers"]["b_fetch"]) == {"chain", "set"}
@@ -642,6 +643,43 @@ def test_json_shape_is_the_documented_one() -> None:
         "what": ["content"],
     }
     json.dumps(report)  # serialisable as it is
+
+
+def test_each_side_names_the_base_its_labels_say_it_was_built_on() -> None:
+    bootstrap = {
+        "org.opencontainers.image.base.name": "cudabox/debian-python:bookworm",
+        "org.opencontainers.image.base.digest": "sha256:" + "b" * 64,
+    }
+    official = {
+        "org.opencontainers.image.base.name": "python:3.11-slim-bookworm",
+        "org.opencontainers.image.base.digest": "sha256:" + "c" * 64,
+    }
+    labels = {"x:1": bootstrap, "x:2": bootstrap, "x:3": official, "x:4": {}}
+
+    class Labelled:
+        def image(self, ref: str) -> ImageInfo | None:
+            layers = ("sha256:aa", "sha256:bb")
+            return ImageInfo(
+                "sha256:" + ref[-1] * 64, (ref,), 1000, labels[ref], {}, "", "", layers
+            )
+
+    def diff(a: str, b: str) -> ImageDiff:
+        return diff_images(Labelled(), a, b)  # type: ignore[arg-type]
+
+    same = diff("x:1", "x:2")
+    assert same.to_json()["a"]["base"] == {
+        "name": "cudabox/debian-python:bookworm",
+        "digest": "sha256:" + "b" * 64,
+    }
+    assert f"both built on cudabox/debian-python:bookworm@sha256:{'b' * 64}" in render(same)
+    text = render(diff("x:1", "x:3")).splitlines()
+    assert text[2:4] == [
+        f"A built on cudabox/debian-python:bookworm@sha256:{'b' * 64}",
+        f"B built on python:3.11-slim-bookworm@sha256:{'c' * 64}",
+    ]
+    unlabelled = diff("x:3", "x:4")
+    assert unlabelled.to_json()["b"]["base"] is None
+    assert "B built on (no base label)" in render(unlabelled)
 
 
 def test_human_output_lists_the_first_paths_and_counts_the_rest() -> None:

@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 from cudabox import __version__
 from cudabox.errors import CudaboxError, ExitCode, IntegrityError, UsageError
+from cudabox.images.labels import BuiltOn, built_on
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -546,6 +547,7 @@ class ImageSide:
     size: int  # bytes, as the engine counts them
     layer_sizes: tuple[int | None, ...]
     tree: Tree | None = None
+    base: BuiltOn | None = None  # the base it was built on, from its labels (None: unlabelled)
 
 
 @dataclass(frozen=True)
@@ -678,6 +680,7 @@ def _side_json(side: ImageSide, rows: Sequence[LayerRow]) -> dict[str, Any]:
         "ref": side.ref,
         "id": side.id,
         "size": side.size,
+        "base": {"name": side.base.name, "digest": side.base.digest} if side.base else None,
         "layers": [
             {
                 "diff_id": r.diff_id,
@@ -849,7 +852,12 @@ def diff_images(
                 )
             sides.append(side_of(ref, info.size, saved))
         result = replace(compare(sides[0], sides[1]), layers_read=archive.layers_read)
-    return replace(result, seconds=time.monotonic() - started)
+    return replace(
+        result,
+        a=replace(result.a, base=built_on(a.labels)),
+        b=replace(result.b, base=built_on(b.labels)),
+        seconds=time.monotonic() - started,
+    )
 
 
 def _image(engine: Engine, ref: str) -> ImageInfo:
@@ -909,6 +917,7 @@ def render(diff: ImageDiff) -> str:
     lines = [
         f"A  {diff.a.ref}  ({diff.a.id.removeprefix('sha256:')[:12]})",
         f"B  {diff.b.ref}  ({diff.b.id.removeprefix('sha256:')[:12]})",
+        *_base_lines(diff.a.base, diff.b.base),
         "",
         table(
             ["layers", "count", "bytes"],
@@ -963,6 +972,15 @@ def render(diff: ImageDiff) -> str:
                 )
     lines += ["", _verdict_line(diff)]
     return "\n".join(lines)
+
+
+def _base_lines(a: BuiltOn | None, b: BuiltOn | None) -> list[str]:
+    """Which base each image was built on (its labels): one line when they share it."""
+    if a is None and b is None:
+        return []
+    if a == b:
+        return [f"both built on {a}"]
+    return [f"A built on {a or '(no base label)'}", f"B built on {b or '(no base label)'}"]
 
 
 def _counts(changes: Sequence[DistChange] | Sequence[FileChange]) -> str:
