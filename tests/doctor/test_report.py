@@ -352,6 +352,9 @@ def test_fleet_table_and_exit_code(capsys: pytest.CaptureFixture[str], tmp_path:
     assert "nodes unlike their peers" in capsys.readouterr().out
     assert main(["report", *files[:3]]) == ExitCode.OK
     assert "no node is an outlier or drifts from its peers" in capsys.readouterr().out
+    assert main(["report", "--all", *files[:3]]) == ExitCode.OK
+    listed = capsys.readouterr().out.split("every node against its peers:")[1]
+    assert "perf.nccl_busbw" in listed and "gpu_count" in listed and "FAIL" not in listed
 
 
 def test_the_fleet_fixtures_are_what_the_generator_writes(tmp_path: Path) -> None:
