@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cudabox.cli import main
-from cudabox.doctor.model import DoctorReport
+from cudabox.doctor.model import Check, DoctorReport
 from cudabox.errors import ExitCode
 from cudabox.host import HostProfile
 from cudabox.report import (
@@ -26,6 +26,7 @@ from cudabox.report import (
     choose,
     fleet_view,
     load_reports,
+    measurements,
     outliers,
 )
 
@@ -220,6 +221,23 @@ def test_node_level_nccl_is_compared_per_topology() -> None:
     )
     assert nccl.measurement.model == "8x NVIDIA H100 80GB HBM3"
     assert nccl.fix and "nvidia-smi topo -m" in nccl.fix
+
+
+def test_only_rates_are_compared() -> None:
+    """A count (PCIe replays) is worse when higher: the fleet median says nothing of it."""
+    replays = Check("perf.pcie_replay.gpu0", "performance", "pass", "0 replays", 3, 8, "replays")
+    p2p = Check("perf.p2p.gpu0-gpu1", "performance", "pass", "370 GB/s", 370.5, 316, "GB/s")
+    report = _node("a")
+    measured = measurements(replace(report, checks=(*report.checks, replays, p2p)))
+    ids = {m.check_id for m in measured}
+    assert "perf.pcie_replay.gpu0" not in ids and "perf.nccl_busbw" in ids
+    (pair,) = [m for m in measured if m.check_id == "perf.p2p.gpu0-gpu1"]
+    assert (pair.metric, pair.gpu, pair.model) == (
+        "p2p.gpu0-gpu1",
+        None,
+        "8x NVIDIA H100 80GB HBM3",
+    )
+    assert len(measured) == 4 * 8 + 2
 
 
 def test_small_groups_and_other_models_give_no_verdict() -> None:

@@ -221,8 +221,8 @@ def gpu_model(name: str | None, pci_device_id: str | None) -> str | None:
 
 
 def measurements(report: DoctorReport) -> list[Measurement]:
-    """The report's perf.* values (a number, whatever the check's status: a card with no
-    expected figure is a skip with a value, and the fleet still compares it)."""
+    """The report's perf.* rates (a number in a unit per second, whatever the check's status: a
+    card with no expected figure is a skip with a value, and the fleet still compares it)."""
     models = {g.index: gpu_model(g.name, g.pci_device_id) for g in report.host.gpus}
     known = [m for m in models.values() if m]
     node_model = _node_model(known)
@@ -231,6 +231,9 @@ def measurements(report: DoctorReport) -> list[Measurement]:
         match = _PERF_ID.match(c.id)
         value = c.value
         if match is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        # Rates only (higher is better): a count such as perf.pcie_replay is worse when higher.
+        if not (c.unit or "").endswith("/s"):
             continue
         if not value > 0:  # a rate of zero is a failed run, judged by the doctor itself
             continue
@@ -252,8 +255,8 @@ def _node_model(models: Sequence[str]) -> str | None:
 
 
 def outliers(found: Sequence[Measurement]) -> list[Outlier]:
-    """Each sample against the median of its (metric, model) group: higher is better for every
-    perf.* figure (rates). Groups too small to have a median of the fleet give no verdict."""
+    """Each measurement against the median of its (metric, model) group (rates: higher is
+    better). Groups too small to have a median of the fleet give no verdict."""
     groups = _grouped(found, lambda s: (s.metric, s.model))
     out = []
     for group in groups.values():
