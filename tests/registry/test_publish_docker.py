@@ -218,6 +218,11 @@ def test_publish_prints_the_pushed_references_and_digests(
     assert entry["layers"] == len(published.diff_ids) == len(published.layer_digests)
     assert entry["layers_uploaded"] == entry["layers"]  # a fresh registry: every layer is new
     assert entry["immutable_existed"] is False
+    # The base it was built on, as the image's labels say (never the catalog's name as such).
+    assert (entry["base_image"], entry["base_digest"]) == (
+        published.labels[f"{OCI}base.name"],
+        published.labels[f"{OCI}base.digest"],
+    )
     # Both tags name the same manifest: the digest publish printed.
     assert skopeo(f"docker://{entry['reference']}")["Digest"] == digest
     assert skopeo(f"docker://{entry['immutable']}")["Digest"] == digest

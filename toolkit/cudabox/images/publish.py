@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from cudabox.errors import ExitCode, IntegrityError, NoImageFits, NotFound, UsageError
 from cudabox.host import HostProfile
 from cudabox.images.catalog import Catalog, ImageSpec, load_catalog
-from cudabox.images.labels import PREFIX, provenance_labels, spec_from_labels
+from cudabox.images.labels import PREFIX, built_on, provenance_labels, spec_from_labels
 from cudabox.images.lock import lock_digest
 from cudabox.images.remote import RemoteCandidates, Skipped, image_reference, remote_candidates
 from cudabox.images.targets import resolve_targets
@@ -161,6 +161,8 @@ class Published:
     layers: int
     layers_uploaded: int  # "Pushed": blobs the registry did not have
     immutable_existed: bool
+    base_image: str  # the base it was built on (its labels), "" for an image without one
+    base_digest: str
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,7 @@ def publish_image(
     bar.finish()
     if digest is None:
         digest = client.image(latest).digest
+    base = built_on(info.labels)
     return Published(
         name=spec.name,
         reference=str(latest),
@@ -234,6 +237,8 @@ def publish_image(
         layers=len(info.diff_ids),
         layers_uploaded=bar.count("Pushed"),
         immutable_existed=existed,
+        base_image=base.name if base else "",
+        base_digest=base.digest if base else "",
     )
 
 
