@@ -98,13 +98,9 @@ def test_the_entry_names_the_base_the_image_was_built_on_not_the_catalogs() -> N
         1,
     )
     assert entry["diff_ids"] == list(IMAGE_LAYERS)
-    # An image without a base label (built by an old cudabox): the catalog's name, no digest.
+    # An image without a base label: unknown, not the catalog's name.
     bare = record_entry(spec, _result(spec.name, base=None, base_layers=None), None, None)
-    assert (bare["base_image"], bare["base_digest"], bare["base_layers"]) == (
-        spec.base_image,
-        None,
-        None,
-    )
+    assert (bare["base_image"], bare["base_digest"], bare["base_layers"]) == ("", None, None)
 
 
 # ---- the loader ---------------------------------------------------------------------------

@@ -44,7 +44,8 @@ def record_entry(
         "verified_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "lock_sha256": lock_sha,
         # The base it was built on (its labels), not the catalog's: a bootstrap is another base.
-        "base_image": result.base.name if result.base else spec.base_image,
+        # "" for an image without a base label: unknown, rather than the catalog's guess.
+        "base_image": result.base.name if result.base else "",
         "base_digest": result.base.digest if result.base and result.base.digest else None,
         "base_layers": result.base_layers,
         "diff_ids": list(result.diff_ids),
