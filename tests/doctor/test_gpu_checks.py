@@ -104,3 +104,77 @@ def test_nvml_listing_without_a_driver_says_so() -> None:
     else:  # a GPU host
         assert isinstance(result["uuids"], list)
     json.dumps(result)
+
+
+# --- the load's building blocks, run for real on the CPU (the GPU branches call the same code) --
+
+
+def test_pattern_test_finds_a_flipped_bit_in_every_pattern() -> None:
+    torch = pytest.importorskip("torch")
+    cpu = torch.device("cpu")
+    clean = gpu_checks.pattern_test(torch, cpu, 3 << 20, chunk=1 << 20)
+    assert clean["value"] == 0 and clean["tested_bytes"] == 3 << 20
+    assert set(clean["patterns"]) == {"0x00", "0xAA", "0x55", "0xFF", "address"}
+
+    def stuck_bit(chunks: list[Any]) -> None:  # one cell of the second chunk holds bit 4 flipped
+        chunks[1][4097] ^= 0x10
+
+    found = gpu_checks.pattern_test(torch, cpu, 3 << 20, chunk=1 << 20, after_fill=stuck_bit)
+    assert found["patterns"] == {"0x00": 1, "0xAA": 1, "0x55": 1, "0xFF": 1, "address": 8}
+    assert found["value"] == 12
+
+
+def test_burn_gives_throughput_and_one_checksum_for_steady_results() -> None:
+    torch = pytest.importorskip("torch")
+    first = gpu_checks.burn(torch, torch.device("cpu"), 0.3, n=128, dtype=torch.float32)
+    again = gpu_checks.burn(torch, torch.device("cpu"), 0.3, n=128, dtype=torch.float32)
+    assert first["value"] > 0 and first["unit"] == "TFLOP/s"
+    assert len(first["checksums"]) == 1 and first["checksums"] == again["checksums"]
+
+
+def test_nccl_busbw_runs_one_process_per_rank_for_real_with_gloo() -> None:
+    torch = pytest.importorskip("torch")
+    found = gpu_checks.nccl_busbw(torch, 2, 1 << 20, "gloo")
+    assert found["gpus"] == 2 and found["value"] > 0
+    assert found["value"] == pytest.approx(found["algbw"], rel=0.06)  # 2(n-1)/n = 1 for n = 2
+    one = gpu_checks.nccl_busbw(torch, 1, 1 << 20, "gloo")
+    assert one["unsupported"] and "needs two or more" in one["error"]
+
+
+def test_numa_node_of_a_pci_device_from_sys(tmp_path: Path) -> None:
+    device = tmp_path / "bus/pci/devices/0000:19:00.0"
+    device.mkdir(parents=True)
+    (device / "numa_node").write_text("1\n")
+    node = tmp_path / "devices/system/node/node1"
+    node.mkdir(parents=True)
+    (node / "cpulist").write_text("24-26,72\n")
+    assert gpu_checks.numa_cpus("0000:19:00.0", str(tmp_path)) == {24, 25, 26, 72}
+    (device / "numa_node").write_text("-1\n")  # one node, or firmware that does not say
+    assert gpu_checks.numa_cpus("0000:19:00.0", str(tmp_path)) is None
+    assert gpu_checks.numa_cpus("0000:aa:00.0", str(tmp_path)) is None
+
+
+def test_script_at_level_full_runs_on_this_cpu_host() -> None:
+    pytest.importorskip("torch")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cudabox.doctor.gpu_checks",
+            "--json",
+            "--level",
+            "full",
+            "--burn-seconds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    result = parse_result(done.stdout)
+    assert result is not None and result["cuda"] == {"built": None, "error": None}
+    import torch
+
+    if not torch.cuda.is_available():
+        assert result["measurements"] == []  # no GPU: the load has nothing to run on

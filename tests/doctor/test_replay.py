@@ -159,3 +159,38 @@ def test_the_healthy_fixture_is_all_pass() -> None:
     report = replay(DoctorReport.load(REPORTS / "replay" / "h200-healthy.json"))
     bad = [(c.id, c.status, c.message) for c in report.checks if c.status in ("fail", "warn")]
     assert bad == [] and report.exit_code() == ExitCode.OK
+
+
+@pytest.mark.parametrize(
+    ("variant", "cid", "fix"),
+    [
+        ("cuda-802", "framework.cuda_init", "nvidia-fabricmanager"),
+        ("burn-hw-slowdown", "burn.throttle.gpu0", "cooling"),
+        ("burn-checksum", "burn.checksum", "drain the node"),
+        ("burn-slow", "burn.tflops.gpu0", "burn.throttle"),
+        ("mem-pattern", "mem.pattern.gpu0", "dcgmi diag -r 3"),
+        ("ecc-new-uncorrectable", "mem.ecc.gpu0", "nvidia-smi -r -i 0"),
+        ("remap-pending-after-load", "mem.ecc.gpu0", "pending remap"),
+        ("slow-d2h", "perf.d2h_bandwidth.gpu0", "NUMA"),
+    ],
+)
+def test_each_fault_fixture_fails_its_check_with_the_fix(
+    variant: str, cid: str, fix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = REPORTS / "replay" / f"h200-{variant}.json"
+    assert main(["doctor", "--replay", str(path)]) == ExitCode.FAILED
+    report = replay(DoctorReport.load(path))
+    failing = [c for c in report.checks if c.status == "fail"]
+    assert [c.id for c in failing] == [cid]  # one reading changed, one check fails
+    assert failing[0].fix is not None and fix in failing[0].fix
+    assert f"FAIL {cid}" in capsys.readouterr().out
+
+
+def test_replay_touches_neither_nvml_nor_an_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("replay must not read the host")
+
+    monkeypatch.setattr(nvml, "load_pynvml", refuse)
+    monkeypatch.setattr("cudabox.doctor.run.read_host", refuse)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    assert main(["doctor", "--replay", str(REPORTS / "replay" / "h200-healthy.json")]) == 0

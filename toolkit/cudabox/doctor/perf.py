@@ -194,13 +194,15 @@ def judge(
             None,
             unit=unit,
         )
-    basis = {
-        "measured": f"measured on a healthy {model} ({want.source})",
-        "reference": f"a healthy {f'{count} x ' if count else ''}{model}'s figure ({want.source})",
-    }.get(
-        want.basis,
-        f"{PEAK_FRACTION.get(metric, 0):.0%} of the datasheet peak {want.peak:g} (no measured row yet)",
-    )
+    if want.basis == "measured":
+        basis = f"measured on a healthy {model} ({want.source})"
+    elif want.basis == "reference":
+        basis = f"a healthy {f'{count} x ' if count else ''}{model}'s figure ({want.source})"
+    else:
+        basis = (
+            f"{PEAK_FRACTION.get(metric, 0):.0%} of the datasheet peak {want.peak:g} "
+            "(no measured row yet)"
+        )
     ratio = value / want.value
     text = f"{value:g} {unit} = {ratio:.0%} of the expected {want.value:g} ({basis})"
     fix = _slow_fix(metric)

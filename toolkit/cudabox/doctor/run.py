@@ -475,7 +475,8 @@ def cuda_init_check(
         found.id,
         found.layer,
         "fail",
-        f"NVML lists {listed} GPU(s) but CUDA {cuda.get('built')} cannot start: {error}",
+        f"NVML lists {listed} GPU(s) but CUDA {cuda.get('built')} cannot start: "
+        f"{short_cuda_error(error)}",
         short_cuda_error(error),
         f"{listed} GPU(s)",
         fix=cuda_error_fix(error),
