@@ -272,6 +272,20 @@ def test_doctor_verdicts() -> None:
     assert ge.perf_value(report("gpu-a.json"), "matmul_bf16") == 791.3
 
 
+def test_doctor_step_records_the_load_checks_of_level_full() -> None:
+    # A level-full doctor report of an H200 (the replay fixture): every load check of GPU 0.
+    load = ge.load_record(report("replay/h200-healthy.json"))
+    assert set(load) == {*ge.LOAD_CHECKS, "nvml_samples"} and load["nvml_samples"] == 61
+    assert load["burn.tflops.gpu0"] == {"status": "pass", "value": 772.4}
+    assert load["burn.throttle.gpu0"]["status"] == "pass"
+    assert load["mem.pattern.gpu0"] == {"status": "pass", "value": 0}
+    assert load["perf.nccl_busbw"]["status"] == "skip"  # one GPU
+    slowed = ge.load_record(report("replay/h200-burn-hw-slowdown.json"))
+    assert slowed["burn.throttle.gpu0"] == {"status": "fail", "value": "HW slowdown"}
+    assert ge.load_record(report("gpu-a.json")) == {"nvml_samples": None}  # schema 1: none
+    assert "--burn-seconds" in Path(ge.__file__ or "").read_text()
+
+
 def gpu_metrics(**changes: Any) -> dict[str, Any]:
     metrics = {
         "schema": 1,

@@ -389,6 +389,13 @@ def _doctor_args(parser: argparse.ArgumentParser) -> None:
         metavar="REPORT",
         help="judge the readings a `doctor --json` report recorded, without touching this host",
     )
+    parser.add_argument(
+        "--burn-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="level full: seconds of bf16 burn on every GPU (default 60)",
+    )
     parser.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     parser.add_argument(
         "--here",

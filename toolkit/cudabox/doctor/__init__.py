@@ -30,8 +30,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.json is not None:
         # Before the run: a `full` run takes minutes, and its results must not be lost to a typo.
         check_writable(args.json, "doctor report")
+    if not 1 <= args.burn_seconds <= 3600:
+        raise UsageError(
+            f"--burn-seconds must be between 1 and 3600, got {args.burn_seconds:g}",
+            "give the burn's length in seconds (the default 60 is what docs/doctor.md assumes)",
+        )
     doctor = Doctor(
-        Options(framework=args.framework, image=args.image, level=level, here=args.here)
+        Options(
+            framework=args.framework,
+            image=args.image,
+            level=level,
+            here=args.here,
+            burn_seconds=args.burn_seconds,
+        )
     )
     report = doctor.run()
     _show(report, args.json)
@@ -55,6 +66,7 @@ def _replay(args: argparse.Namespace) -> int:
             ("--image", args.image != "auto"),
             ("--level", args.level is not None),
             ("--framework", args.framework != "torch"),
+            ("--burn-seconds", args.burn_seconds != 60.0),
         )
         if used
     ]
