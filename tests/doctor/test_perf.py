@@ -104,6 +104,16 @@ def test_shipped_table_loads_and_every_row_has_a_source() -> None:
             {"metric": "matmul_bf16", "kind": "peak", "value": 1.0, "source": "S", "note": "x"},
             "unknown key 'note'",
         ),
+        ({"metric": "nccl_busbw", "kind": "reference", "value": 1.0, "source": "S"}, "'gpus'"),
+        (
+            {"metric": "p2p_bandwidth", "gpus": 8, "kind": "floor", "value": 1.0, "source": "S"},
+            "'gpus'",
+        ),
+        (
+            {"metric": "nccl_busbw", "gpus": 1, "kind": "reference", "value": 1.0, "source": "S"},
+            "'gpus' \\(2 or more\\)",
+        ),
+        ({"metric": "p2p_bandwidth", "kind": "guess", "value": 1.0, "source": "S"}, "kind one of"),
     ],
 )
 def test_bad_rows_are_data_errors(row: dict[str, object], error: str) -> None:
@@ -114,3 +124,13 @@ def test_bad_rows_are_data_errors(row: dict[str, object], error: str) -> None:
     }
     with pytest.raises(DataError, match=error.replace("[", r"\[").replace("]", r"\]")):
         perf.parse_perf(data)
+
+
+def test_the_shipped_fabric_rows() -> None:
+    table = perf.load_perf()
+    p2p = table.expect("0x233510DE", "p2p_bandwidth")
+    assert p2p is not None and (p2p.value, p2p.floor, p2p.basis) == (370.0, 316.0, "reference")
+    nccl = table.expect("0x20B210DE", "nccl_busbw", 8)
+    assert nccl is not None and nccl.value == 230.0 and nccl.floor is None
+    assert table.expect("0x233010DE", "nccl_busbw", 4) is None  # no row for that node size
+    assert table.expect("0x233010DE", "nccl_busbw") is None

@@ -39,7 +39,7 @@ METRICS = tuple(UNITS)
 PCIE_LANE_GBPS = {1: 0.25, 2: 0.5, 3: 0.985, 4: 1.969, 5: 3.938, 6: 7.563}
 # Share of the link's payload rate a healthy pinned copy reaches, either direction (packet
 # headers, flow control): 0.83, so a Gen5 x16 link is expected at 52 GB/s and fails below 39
-# (docs/facts.md section 8).
+# (docs/facts.md section 10).
 H2D_FRACTION = 0.83
 
 
@@ -244,7 +244,7 @@ def _slow_fix(metric: str) -> str:
 
 
 # Copies over PCIe: share of the link's payload rate a healthy pinned copy reaches (packet
-# headers, flow control; docs/facts.md section 8), and what both directions at once give.
+# headers, flow control; docs/facts.md section 10), and what both directions at once give.
 LINK_METRICS = ("h2d_bandwidth", "d2h_bandwidth", "bidir_bandwidth")
 BIDIR_FACTOR = 1.6  # x one direction; an estimate until a measured row replaces it
 
@@ -578,7 +578,7 @@ def load_curve(samples: Sequence[Sample]) -> str:
 
 def ecc_delta_checks(before: HostHealth | None, after: HostHealth | None) -> list[Check]:
     """mem.ecc.gpuN: an uncorrectable ECC error, or a pending row remap, that appeared while
-    the doctor's load ran is a failing GPU (DCGM's memory rules; docs/facts.md section 8)."""
+    the doctor's load ran is a failing GPU (DCGM's memory rules; docs/facts.md section 10)."""
     if before is None or after is None:
         return []
     out = []

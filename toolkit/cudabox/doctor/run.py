@@ -505,7 +505,7 @@ def cuda_error_fix(error: str) -> str:
     )
 
 
-# cudaError_t numbers and texts from the CUDA Runtime API reference (docs/facts.md cites it).
+# cudaError_t numbers and texts from the CUDA Runtime API reference (docs/facts.md section 10 cites it).
 CUDA_INIT_FIXES: tuple[tuple[tuple[int, ...], tuple[str, ...], str], ...] = (
     (
         (802,),
