@@ -102,6 +102,8 @@ def choose_base(engine: Engine, spec: ImageSpec) -> BaseChoice:
     progress(f"build {spec.name}: base image {spec.base_image} is not here; pulling it")
     try:
         engine.pull(spec.base_image, progress=lambda line: progress(f"  {line}"))
+    except (UsageError, Interrupted):
+        raise
     except CudaboxError as exc:
         raise Unavailable(
             f"neither the base image {spec.base_image} nor its bootstrap "
