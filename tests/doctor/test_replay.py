@@ -155,10 +155,16 @@ def test_each_fixture_replays_to_its_recorded_verdicts(path: Path) -> None:
     assert [(c.id, c.status) for c in again.checks] == verdicts(path)
 
 
-def test_the_healthy_fixture_is_all_pass() -> None:
-    report = replay(DoctorReport.load(REPORTS / "replay" / "h200-healthy.json"))
+@pytest.mark.parametrize("name", ["h200-healthy", "8xh200-healthy"])
+def test_the_healthy_fixtures_are_all_pass(name: str) -> None:
+    report = replay(DoctorReport.load(REPORTS / "replay" / f"{name}.json"))
     bad = [(c.id, c.status, c.message) for c in report.checks if c.status in ("fail", "warn")]
     assert bad == [] and report.exit_code() == ExitCode.OK
+    ids = {c.id for c in report.checks}
+    if name.startswith("8x"):  # the standard level's fabric checks, every ordered pair
+        assert "perf.nccl_busbw" in ids and len([i for i in ids if i.startswith("perf.p2p.")]) == 56
+    else:  # the full level's load checks
+        assert {"mem.pattern.gpu0", "burn.tflops.gpu0", "burn.throttle.gpu0"} <= ids
 
 
 @pytest.mark.parametrize(
@@ -172,12 +178,15 @@ def test_the_healthy_fixture_is_all_pass() -> None:
         ("ecc-new-uncorrectable", "mem.ecc.gpu0", "nvidia-smi -r -i 0"),
         ("remap-pending-after-load", "mem.ecc.gpu0", "pending remap"),
         ("slow-d2h", "perf.d2h_bandwidth.gpu0", "NUMA"),
+        ("8x:p2p-slow-pair", "perf.p2p.gpu2-gpu5", "host.nvlink"),
+        ("8x:nccl-slow", "perf.nccl_busbw", "NCCL_DEBUG=INFO"),
     ],
 )
 def test_each_fault_fixture_fails_its_check_with_the_fix(
     variant: str, cid: str, fix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = REPORTS / "replay" / f"h200-{variant}.json"
+    node, _, name = variant.rpartition(":")
+    path = REPORTS / "replay" / f"{node or ''}h200-{name}.json"
     assert main(["doctor", "--replay", str(path)]) == ExitCode.FAILED
     report = replay(DoctorReport.load(path))
     failing = [c for c in report.checks if c.status == "fail"]

@@ -640,11 +640,11 @@ def _allreduce_rank(rank: int, world: int, size: int, backend: str, tmp: str, ou
     import torch
     import torch.distributed as dist
 
+    if backend == "nccl":
+        torch.cuda.set_device(rank)  # before the group: NCCL binds each rank to its device
     dist.init_process_group(backend, init_method=f"file://{tmp}/store", world_size=world, rank=rank)
     try:
         device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
-        if backend == "nccl":
-            torch.cuda.set_device(rank)
         data = torch.ones(size // 4, dtype=torch.float32, device=device)
         dist.all_reduce(data)  # warm-up: NCCL builds its rings and channels on the first call
         dist.barrier()
@@ -739,7 +739,11 @@ def burn(
     torch: Any, device: Any, seconds: float, n: int = BURN_N, dtype: Any = None
 ) -> dict[str, Any]:
     """Matmuls of fixed random inputs for `seconds`; TFLOP/s, and checksums of the product taken
-    at the start and then every few seconds: the same inputs must give the same bits each time."""
+    at the start and then every few seconds: the same inputs must give the same bits each time.
+
+    cuBLAS gives bit-identical results run after run on GPUs of one architecture and SM count
+    (cuBLAS documentation, "Results reproducibility"), one stream each as here: so a digest
+    that changes, or differs from a sibling of the same model, is a wrong result."""
     dtype = dtype or torch.bfloat16
     gen = torch.Generator().manual_seed(17)  # the same inputs on every GPU of the node
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
