@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from cudabox import nvml
 from cudabox.cli import main
+from cudabox.container import EngineDescription
+from cudabox.doctor.gpu_checks import MARKER
 from cudabox.doctor.model import DoctorReport, Readings
-from cudabox.doctor.run import cuda_init_check, judge_framework, replay
+from cudabox.doctor.run import (
+    Doctor,
+    Environment,
+    Options,
+    cuda_init_check,
+    judge_framework,
+    replay,
+)
 from cudabox.errors import ExitCode, UsageError
 from cudabox.nvml import read_host
 from fakenvml import SCENARIOS
@@ -203,3 +215,67 @@ def test_replay_touches_neither_nvml_nor_an_engine(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("cudabox.doctor.run.read_host", refuse)
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
     assert main(["doctor", "--replay", str(REPORTS / "replay" / "h200-healthy.json")]) == 0
+
+
+# --- a live run on a (fake) GPU host: the GPU path records what --replay needs ----------------
+
+
+class GpuImageEngine:
+    """A healthy engine whose image prints a GPU result with a burn (level full) in it."""
+
+    def __init__(self, uuid: str) -> None:
+        self.uuid = uuid
+        self.commands: list[str] = []
+        self.description = EngineDescription.from_answers(
+            {"Version": "28.2.2", "ApiVersion": "1.50", "Platform": {"Name": "Docker Engine"}},
+            {"Runtimes": {"runc": {}, "nvidia": {}}},
+        )
+
+    def image(self, ref: str) -> Any:
+        return SimpleNamespace(env={"NVIDIA_REQUIRE_CUDA": "cuda>=13.0"}, labels={})
+
+    def run(self, image: str, command: Sequence[str], **_: Any) -> Any:
+        self.commands.append(" ".join(command))
+        if "--nvml-uuids" in command:
+            return SimpleNamespace(
+                exit_code=0, timed_out=False, output=MARKER + json.dumps({"uuids": [self.uuid]})
+            )
+        if "--json" in command:
+            time.sleep(1.5)  # the load: long enough for NVML samples
+            burn = {
+                "id": "burn.gpu0",
+                "value": 500.0,
+                "unit": "TFLOP/s",
+                "checksums": ["ab"],
+                "gpu_index": 0,
+                "gpu_uuid": self.uuid,
+            }
+            result = {**script_result(None), "measurements": [burn]}
+            result["checks"] = [{**result["checks"][0], "status": "pass", "message": "ok"}]
+            return SimpleNamespace(
+                exit_code=0, timed_out=False, output=MARKER + json.dumps(result) + "\n"
+            )
+        metrics = {"passed": True, "final_loss": 0.1, "thresholds": {"max_loss": 0.35}}
+        text = "CUDABOX_DOCTOR_METRICS\n" + json.dumps(metrics) + "\n"
+        return SimpleNamespace(exit_code=0, timed_out=False, output=text)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_live_full_run_on_a_gpu_host_replays_to_the_same_verdicts(tmp_path: Path) -> None:
+    lib = SCENARIOS["healthy"]
+    engine = GpuImageEngine(lib.gpus[0].uuid)
+    env = Environment(nvml_lib=lib, connect=lambda: engine, pci_root=tmp_path, say=lambda _: None)
+    live = Doctor(Options(level="full", burn_seconds=7), env).run()
+    script = next(c for c in engine.commands if "--json" in c)
+    assert "--level full" in script and "--burn-seconds 7" in script
+    readings = live.readings
+    assert readings is not None and readings.host_after is not None
+    assert readings.samples and {s.index for s in readings.samples} == {0}
+    assert readings.load_seconds is not None and readings.load_seconds >= 1.5
+    checks = {c.id: c for c in live.checks}
+    assert checks["burn.throttle.gpu0"].status == "pass"  # the fake GPU is idle: no reason set
+    assert checks["burn.tflops.gpu0"].status == "fail"  # 500 of the H100's 798: below 0.75 x
+    again = replay(DoctorReport.from_json(json.loads(live.dumps())))
+    assert [(c.id, c.status) for c in again.checks] == [(c.id, c.status) for c in live.checks]
