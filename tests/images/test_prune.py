@@ -179,7 +179,8 @@ class Engine:
             raise EngineError(f"could not remove image {ref}: conflict: image has dependent child")
         self.deleted.append(ref)
         found = next(i for i in self.images if ref in (i.id, *i.tags))
-        return frozenset({found.id, *(c for c, _ in found.layers if c != BASE[0])})
+        self.images = [i for i in self.images if i is not found]
+        return frozenset({found.id})  # as Podman answers: the image, not its layers
 
     def remove_container(self, container_id: str) -> None:
         raise AssertionError("no container to remove")

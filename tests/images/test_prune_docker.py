@@ -11,8 +11,11 @@ holds stay.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from conftest import TEST_LABEL
+from conftest import REQUIRE_DOCKER, TEST_LABEL
 from cudabox.container import MANAGED_LABEL
 from cudabox.engine import Engine
 
@@ -103,12 +106,15 @@ def stopped_container(docker_engine: Any, image: str, token: str) -> str:
     return str(container.id)
 
 
-def cudabox_prune(*args: str) -> subprocess.CompletedProcess[str]:
+def cudabox_prune(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "cudabox", "prune", *args],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **(env or {})},
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -203,3 +209,78 @@ def test_an_image_built_from_a_cudabox_image_is_kept_and_so_are_its_layers(
     assert engine.image(user_tag) is not None
     mine = engine.history(user_tag)
     assert any("echo mine" in line for line in mine)
+
+
+# ---- Podman: its answer to a removal names no layers; the bytes must still be right ------------
+
+
+@pytest.fixture
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DOCKER_HOST of a Podman API service of this test's own (as tests/test_podman.py starts)."""
+    if shutil.which("podman") is None:
+        message = "podman is not installed (bash scripts/bootstrap --test installs it)"
+        if REQUIRE_DOCKER:
+            pytest.fail(message + " and CUDABOX_REQUIRE_DOCKER=1 forbids skipping")
+        pytest.skip(message)
+    socket = tmp_path_factory.mktemp("podman") / "podman.sock"
+    service = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert socket.exists(), "podman system service did not create its socket"
+        yield f"unix://{socket}"
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+
+
+def test_prune_on_podman_counts_the_layers_that_left(
+    podman: str, tmp_path: Path, token: str
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "blob").write_bytes(os.urandom(BLOB))
+    tarball = tmp_path / "root.tar"
+    subprocess.run(["tar", "-C", str(root), "-cf", str(tarball), "blob"], check=True)
+    # An untagged, labelled image: what a build stage is to prune.
+    imported = subprocess.run(
+        ["podman", "import", "--quiet"]
+        + [
+            arg
+            for label in (
+                "cudabox.stage=build",
+                "cudabox.stage_of=prune-test",
+                f"{TEST_LABEL}={token}",
+            )
+            for arg in ("--change", f"LABEL {label}")
+        ]
+        + [str(tarball)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    image_id = imported.stdout.strip().splitlines()[-1].removeprefix("sha256:")
+    try:
+        env = {"DOCKER_HOST": podman}
+        scope = f"--label={TEST_LABEL}={token}"
+        planned = json.loads(cudabox_prune("--dry-run", "--json", scope, env=env).stdout)
+        done = json.loads(cudabox_prune("--json", scope, env=env).stdout)
+        (stage,) = done["removed"]
+        assert stage["kind"] == "build-stage" and stage["id"].endswith(image_id)
+        # Podman weighs a layer as its tar: the blob and the tar's headers.
+        assert BLOB < stage["bytes"] < BLOB + 64_000
+        assert done["freed_bytes"] == planned["freed_bytes"] == stage["bytes"]
+        listed = subprocess.run(
+            ["podman", "images", "-a", "-q", "--no-trunc"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert image_id not in listed.stdout
+    finally:
+        subprocess.run(["podman", "rmi", "--force", image_id], capture_output=True, check=False)

@@ -9,8 +9,8 @@ the base, a user's image built FROM a cudabox image, or an image a container sti
 
 What removing an image frees is counted by its layers (the engine's chain ids): a layer goes
 only when no image that stays holds it, and each layer counts once. The planned figure is what
-`--dry-run` shows; after the removal, the figure comes from the layers the engine said it deleted.
-See docs/prune.md.
+`--dry-run` shows; after the removal, the figure counts the layers no image holds any more (the
+engine read again). See docs/prune.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from cudabox.container import MANAGED_LABEL
@@ -213,36 +213,47 @@ def plan_prune(
 
 
 def prune(engine: Engine, options: PruneOptions) -> PruneReport:
-    """Plan, then (unless a dry run) remove; the bytes are what the engine says it deleted."""
+    """Plan, then (unless a dry run) remove.
+
+    The bytes of a real run are those of the removed images' layers that no image holds once
+    they are gone, read again from the engine: what left the disk, even if something changed in
+    between (Docker's answer to a removal names the layers it deleted; Podman's does not).
+    """
     images = engine.stored_images()
     sized = {c.id: c for c in engine.stored_containers(MANAGED_LABEL)}
     containers = [sized.get(c.id, c) for c in engine.stored_containers()]
     plan = plan_prune(images, containers, include_images=options.images, only=options.only)
     if options.dry_run:
         return PruneReport(True, options.images, plan.remove, plan.kept)
-    sizes = {chain: size for image in images for chain, size in image.layers}
-    removed: list[Leftover] = []
+    by_id = {image.id: image for image in images}
+    gone: list[Leftover] = []
     kept = list(plan.kept)
-    counted: set[str] = set()
     for item in plan.remove:
         try:
             if item.kind == "container":
                 engine.remove_container(item.id)
-                removed.append(item)
-                continue
-            deleted: set[str] = set()
-            image = next(i for i in images if i.id == item.id)
-            # An untagged image goes by its id; a tagged one with its last reference.
-            for ref in (*image.tags, *image.digests) or (image.id,):
-                deleted |= engine.delete_image(ref)
+            else:
+                image = by_id[item.id]
+                # An untagged image goes by its id; a tagged one with its last reference.
+                for ref in (*image.tags, *image.digests) or (image.id,):
+                    engine.delete_image(ref)
         except EngineError as exc:  # e.g. a container or a build started using it meanwhile
             kept.append(Kept(item.kind, item.id, item.name, item.serves, exc.message))
             continue
-        freed = {chain for chain in deleted if chain in sizes and chain not in counted}
-        counted |= freed
-        removed.append(
-            Leftover(item.kind, item.id, item.name, item.serves, sum(sizes[c] for c in freed))
-        )
+        gone.append(item)
+    remaining = {chain for image in engine.stored_images() for chain, _ in image.layers}
+    removed: list[Leftover] = []
+    counted: set[str] = set()
+    for item in gone:
+        if item.kind != "container":
+            freed = {
+                chain: size
+                for chain, size in by_id[item.id].layers
+                if chain not in remaining and chain not in counted
+            }
+            counted.update(freed)
+            item = replace(item, bytes=sum(freed.values()))
+        removed.append(item)
     return PruneReport(False, options.images, tuple(removed), tuple(kept))
 
 
