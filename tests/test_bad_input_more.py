@@ -18,7 +18,7 @@ import pytest
 
 from cudabox.cli import main
 from cudabox.container import ImageInfo, RunResult
-from cudabox.doctor.model import Check, DoctorReport
+from cudabox.doctor.model import SCHEMA_VERSION, Check, DoctorReport
 from cudabox.errors import BuildError, DataError, ExitCode, UsageError
 from cudabox.images.catalog import load_catalog
 from cudabox.images.context import BuildOptions, assemble_context
@@ -122,7 +122,9 @@ def test_the_host_part_of_a_report_is_fixed_by_the_doctor_not_the_probe(
 
 def test_a_newer_schema_still_says_upgrade() -> None:
     with pytest.raises(UsageError) as raised:
-        DoctorReport.from_json(_report(lambda d: d.update(schema=2)), where="report r.json")
+        DoctorReport.from_json(
+            _report(lambda d: d.update(schema=SCHEMA_VERSION + 1)), where="report r.json"
+        )
     assert raised.value.fix == "upgrade cudabox on this machine"
 
 

@@ -279,3 +279,28 @@ def test_a_live_full_run_on_a_gpu_host_replays_to_the_same_verdicts(tmp_path: Pa
     assert checks["burn.tflops.gpu0"].status == "fail"  # 500 of the H100's 798: below 0.75 x
     again = replay(DoctorReport.from_json(json.loads(live.dumps())))
     assert [(c.id, c.status) for c in again.checks] == [(c.id, c.status) for c in live.checks]
+
+
+def test_readings_are_read_strictly() -> None:
+    data = json.loads((REPORTS / "replay" / "h200-healthy.json").read_text())
+    assert DoctorReport.from_json(data).readings == replay(DoctorReport.from_json(data)).readings
+    broken = [
+        ({k: v for k, v in data.items() if k != "readings"}, "has no 'readings' key"),
+        ({**data, "readings": {**data["readings"], "extra": 1}}, "unknown key 'extra'"),
+        ({**data, "readings": {**data["readings"], "framework": [1]}}, "readings.framework must"),
+        (
+            {**data, "readings": {**data["readings"], "samples": [{"index": 0}]}},
+            r"samples\[0\] has no 't' key",
+        ),
+        (
+            {**data, "readings": {**data["readings"], "xids": [{**XID, "source": "dmesg"}]}},
+            "source must be 'nvml' or 'kernel-log'",
+        ),
+    ]
+    for bad, message in broken:
+        with pytest.raises(UsageError, match=message) as raised:
+            DoctorReport.from_json(bad, where="report r.json")
+        assert "cudabox doctor --json FILE" in (raised.value.fix or "")
+
+
+XID = {"xid": 79, "gpu_index": 0, "source": "nvml", "time": 1.0, "text": None}
