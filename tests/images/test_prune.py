@@ -186,7 +186,7 @@ class Engine:
         raise AssertionError("no container to remove")
 
 
-def test_prune_counts_what_the_engine_deleted_and_keeps_what_it_refused() -> None:
+def test_prune_counts_the_layers_that_left_and_keeps_what_the_engine_refused() -> None:
     engine = Engine([TAGGED, OLD, STAGE_IMAGE], refuse=OLD.id)
     report = prune(engine, PruneOptions())  # type: ignore[arg-type]
     assert engine.deleted == [STAGE_IMAGE.id]

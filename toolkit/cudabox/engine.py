@@ -634,8 +634,8 @@ class Engine:
     def delete_image(self, ref: str) -> frozenset[str]:
         """Remove an image (one tag, or an untagged image by id) and its untagged parents.
 
-        Returns what the engine says it deleted: image ids and the layers' chain ids. A parent
-        or a layer that another image still uses stays, as the engine decides.
+        Returns the ids the engine says it deleted (Docker: images and layers' chain ids;
+        Podman: images only). A parent or a layer that another image still uses stays.
         """
         with _wrapped(f"remove image {ref}"):
             answer = self.client.api.remove_image(ref, force=False, noprune=False)
