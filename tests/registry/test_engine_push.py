@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ def pushed_torch_cpu(
     catalog = load_catalog()
     spec = catalog.get("torch-2.13-cpu")
     labels = {**labels_for(spec, LOCK), "cudabox.test": "1"}
-    repository = f"{registry.host}/engine/{spec.name}"
+    # A repository of this test's own: the session's registry (and the engine) may hold others.
+    prefix = f"{registry.host}/engine-{uuid.uuid4().hex[:12]}"
+    repository = f"{prefix}/{spec.name}"
     changes = [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in labels.items()]
     docker_engine.api.import_image_from_data(
         tiny_tar("torch-2.13-cpu stand-in"), repository=repository, tag="latest", changes=changes
@@ -69,7 +72,7 @@ def pushed_torch_cpu(
     finally:
         docker_engine.images.remove(f"{repository}:latest")
     assert not docker_engine.images.list(name=repository)  # nothing of it left on the engine
-    yield f"{registry.host}/engine", digest, catalog
+    yield prefix, digest, catalog
 
 
 def test_a_pushed_image_is_chosen_in_the_registry_without_a_pull(
