@@ -1,11 +1,15 @@
 """Framework and performance checks that run where the framework is: in an image, or `--here`.
 
     python -m cudabox.doctor.gpu_checks --json [--framework torch|tensorflow] [--no-perf]
+        [--level standard|full] [--burn-seconds S] [--mem-fraction F] [--nccl-mib N]
 
 Standard library plus the framework only, so that the doctor can also ship this file's text into
 any image and run it with `python -c`. Progress goes to stderr; the result is one stdout line
 that starts with MARKER. Framework checks are judged here (the tolerances need only the dtype);
-performance figures are only measured here and judged by the doctor against data/gpu_perf.toml.
+performance figures (matmuls, memory, copies, P2P, NCCL; at level full the memory pattern test
+and the burn) are only measured here and judged by the doctor (perf.py, data/gpu_perf.toml), so
+that `cudabox doctor --replay` can judge them again. The GPU branches stay small; the pieces
+that can (pattern test, burn, the all-reduce over gloo) take a device and run on the CPU in tests.
 """
 
 from __future__ import annotations
