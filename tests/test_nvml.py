@@ -342,3 +342,17 @@ def test_sample_gpus_stops_when_told_and_never_raises() -> None:
     stop.set()
     assert len(nvml.sample_gpus(FakeNvml(gpus=[H100]), seconds=60, stop=stop)) == 1
     assert nvml.sample_gpus(FakeNvml(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED), 1) == []
+
+
+def test_a_gpu_lost_while_sampling_leaves_gaps_in_its_own_curve_only() -> None:
+    lost = replace(
+        A100,
+        fail={
+            "nvmlDeviceGetTemperature": pynvml.NVML_ERROR_GPU_IS_LOST,
+            "nvmlDeviceGetPowerUsage": pynvml.NVML_ERROR_GPU_IS_LOST,
+        },
+    )
+    samples = nvml.sample_gpus(FakeNvml(gpus=[H100, lost]), seconds=0.02, interval=0.01)
+    assert len(samples) == 6  # three rounds, both GPUs
+    assert {(s.temperature_c, s.power_w) for s in samples if s.index == 1} == {(None, None)}
+    assert {s.temperature_c for s in samples if s.index == 0} == {34}

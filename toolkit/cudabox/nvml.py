@@ -1006,32 +1006,11 @@ def sample_gpus(
             for index in range(int(session.call(lib.nvmlDeviceGetCount))):
                 with contextlib.suppress(NvmlFailure):
                     handles.append((index, session.call(lib.nvmlDeviceGetHandleByIndex, index)))
-            sm = getattr(lib, "NVML_CLOCK_SM", 1)
             started = time.monotonic()
             rounds = 0
             while True:
                 t = round(time.monotonic() - started, 3)
-                for index, handle in handles:
-                    power = _soft(session, "nvmlDeviceGetPowerUsage", handle)
-                    samples.append(
-                        GpuSample(
-                            index=index,
-                            t=t,
-                            temperature_c=_opt_count(
-                                _soft(
-                                    session,
-                                    "nvmlDeviceGetTemperature",
-                                    handle,
-                                    _temperature_gpu(lib),
-                                )
-                            ),
-                            sm_clock_mhz=_opt_count(
-                                _soft(session, "nvmlDeviceGetClockInfo", handle, sm)
-                            ),
-                            power_w=int(power) / 1000 if power is not None else None,
-                            clock_event_reasons=_soft_reasons(session, handle),
-                        )
-                    )
+                samples.extend(_sample(session, index, handle, t) for index, handle in handles)
                 rounds += 1
                 next_at = rounds * interval
                 if next_at > seconds:
@@ -1043,10 +1022,27 @@ def sample_gpus(
     return samples
 
 
-def _soft_reasons(session: Nvml, handle: Any) -> int | None:
+def _sample(session: Nvml, index: int, handle: Any, t: float) -> GpuSample:
+    """One GPU's sensors; a sensor that fails reads None, so a GPU lost mid-burn leaves a gap
+    in its own curve (its Xid and the readings after the load say why) and not in the others'."""
+    lib = session.lib
+
+    def read(fn: str, *args: Any) -> int | None:
+        try:
+            return _opt_count(session.optional(fn, handle, *args))
+        except NvmlFailure:
+            return None
+
     try:
-        return _clock_reasons(session, handle)
-    except NvmlFailure as exc:
-        if exc.code == GPU_IS_LOST:
-            return None  # the lost GPU shows in the Xid events and the readings after the load
-        return None
+        reasons = _clock_reasons(session, handle)
+    except NvmlFailure:
+        reasons = None
+    power = read("nvmlDeviceGetPowerUsage")
+    return GpuSample(
+        index=index,
+        t=t,
+        temperature_c=read("nvmlDeviceGetTemperature", _temperature_gpu(lib)),
+        sm_clock_mhz=read("nvmlDeviceGetClockInfo", getattr(lib, "NVML_CLOCK_SM", 1)),
+        power_w=power / 1000 if power is not None else None,
+        clock_event_reasons=reasons,
+    )
