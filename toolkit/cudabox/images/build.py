@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cudabox.errors import BuildError, ExitCode
+from cudabox.errors import EngineError, ExitCode
 from cudabox.images.base import choose_base
 from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.images.context import BuildOptions, build_args, build_context
@@ -113,7 +113,7 @@ def remove_built(engine: Engine, tag: str, build: BuildResult | None) -> None:
     if build and build.build_stage_id:
         try:
             engine.remove_image(build.build_stage_id)
-        except BuildError as exc:  # still the parent of another build's layers: keep it
+        except EngineError as exc:  # still the parent of another build's layers: keep it
             progress(f"  kept the build stage {build.build_stage_id}: {exc.message}")
 
 
