@@ -12,7 +12,12 @@ import pytest
 
 from cudabox import nvml
 from cudabox.doctor.health_data import load_xids, parse_xids
-from cudabox.doctor.host_layer import parse_kernel_xids, read_kernel_xids, xid_check
+from cudabox.doctor.host_layer import (
+    kmsg_line,
+    parse_kernel_xids,
+    read_kernel_xids,
+    xid_check,
+)
 from cudabox.doctor.model import DoctorReport, XidRecord
 from cudabox.doctor.run import Doctor, Environment, Options, replay
 from cudabox.errors import DataError, Unavailable
@@ -210,3 +215,26 @@ def test_a_clean_run_passes_host_xid_and_says_what_it_could_not_read(tmp_path: P
 def test_every_xid_source_is_public() -> None:
     sources = tomllib.loads((DATA / "xid.toml").read_text())["sources"]
     assert sources and all("https://docs.nvidia.com/" in text for text in sources.values())
+
+
+def test_kernel_lines_carry_their_time_and_the_check_says_when() -> None:
+    boot = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
+    record = b"3,1742,5400123456,-;NVRM: Xid (PCI:0000:18:00): 79, pid=1, GPU has fallen off the bus.\n SUBSYSTEM=pci\n"
+    line = kmsg_line(record)
+    assert (
+        line == "[ 5400.123456] NVRM: Xid (PCI:0000:18:00): 79, pid=1, GPU has fallen off the bus."
+    )
+    older = "[  12.000000] NVRM: Xid (PCI:0000:18:00): 79, pid=1, GPU has fallen off the bus."
+    records = parse_kernel_xids(f"{older}\n{line}", boot=boot)
+    assert [r.time for r in records] == [boot + 12.0, round(boot + 5400.123456, 3)]
+    found = xid_check(records)
+    assert ", last at 2026-05-28 21:56:40 UTC:" in found.message
+    assert parse_kernel_xids(older)[0].time is None  # no boot time given: no time claimed
+
+
+def test_dmesg_lines_are_timed_from_this_boot(tmp_path: Path) -> None:
+    log = tmp_path / "dmesg.txt"
+    log.write_text(f"[   1.500000] {XID_LINES[94]}\n")
+    (record,), _ = read_kernel_xids((), tmp_path / "kmsg", ("cat", str(log)))
+    boot = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
+    assert record.time is not None and abs(record.time - (boot + 1.5)) < 1.0

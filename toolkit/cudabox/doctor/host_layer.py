@@ -7,10 +7,12 @@ sourced data (data/health_limits.toml, data/xid.toml).
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import os
 import re
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -756,9 +758,12 @@ XID_CID = "host.xid"
 _XID_LINE = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f:.]+)\): (\d+)")
 
 
-def parse_kernel_xids(text: str, gpus: Sequence[GpuHealth] = ()) -> tuple[XidRecord, ...]:
+def parse_kernel_xids(
+    text: str, gpus: Sequence[GpuHealth] = (), boot: float | None = None
+) -> tuple[XidRecord, ...]:
     """The `NVRM: Xid` lines of kernel log text (/dev/kmsg records or `dmesg` output), each
-    with the NVML index of the GPU whose PCI address it names, where one of `gpus` has it."""
+    with the NVML index of the GPU whose PCI address it names, where one of `gpus` has it, and,
+    given the `boot` time (seconds since the epoch), the time of a line stamped `[ 12.345678]`."""
     by_bus = {_bus_key(g.pci_bus_id): g.index for g in gpus if g.pci_bus_id}
     found = []
     for line in text.splitlines():
@@ -766,8 +771,13 @@ def parse_kernel_xids(text: str, gpus: Sequence[GpuHealth] = ()) -> tuple[XidRec
         if match:
             record = line[line.index("NVRM: Xid") :].strip()
             gpu = by_bus.get(_bus_key(match.group(1)))
-            found.append(XidRecord(int(match.group(2)), gpu, "kernel-log", None, record))
+            stamp = _STAMP.match(line)
+            when = round(boot + float(stamp.group(1)), 3) if stamp and boot is not None else None
+            found.append(XidRecord(int(match.group(2)), gpu, "kernel-log", when, record))
     return tuple(found)
+
+
+_STAMP = re.compile(r"\s*\[\s*(\d+\.\d+)\]")  # seconds since boot, as dmesg prints them
 
 
 def _bus_key(address: str | None) -> tuple[int, ...] | None:
@@ -791,8 +801,10 @@ def read_kernel_xids(
     fallback where the device is absent, as in most containers.
     """
     reasons = []
+    # Both stamp lines with the monotonic clock's seconds since boot.
+    boot = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
     try:
-        return parse_kernel_xids(_read_kmsg(kmsg), gpus), None
+        return parse_kernel_xids(_read_kmsg(kmsg), gpus, boot), None
     except OSError as exc:
         reasons.append(f"{kmsg}: {exc.strerror or exc}")
     try:
@@ -801,10 +813,19 @@ def read_kernel_xids(
         reasons.append(f"{' '.join(dmesg)}: {getattr(exc, 'strerror', None) or exc}")
     else:
         if done.returncode == 0:
-            return parse_kernel_xids(done.stdout, gpus), None
+            return parse_kernel_xids(done.stdout, gpus, boot), None
         lines = done.stderr.strip().splitlines()
         reasons.append(f"{' '.join(dmesg)}: {lines[-1] if lines else f'exit {done.returncode}'}")
     return (), "the kernel log cannot be read (" + "; ".join(reasons) + ")"
+
+
+def kmsg_line(record: bytes) -> str:
+    """A /dev/kmsg record ("priority,sequence,microseconds,flags;message" and ` KEY=value`
+    continuation lines) as dmesg prints it: "[   12.345678] message"."""
+    header, _, message = record.decode(errors="replace").partition(";")
+    fields = header.split(",")
+    micros = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 0
+    return f"[{micros / 1e6:12.6f}] {message.splitlines()[0] if message else ''}"
 
 
 def _read_kmsg(path: Path) -> str:
@@ -822,11 +843,10 @@ def _read_kmsg(path: Path) -> str:
                 raise
             if not chunk:
                 break
-            # "priority,sequence,microseconds,flags;message"
-            records.append(chunk.decode(errors="replace").split(";", 1)[-1])
+            records.append(kmsg_line(chunk))
     finally:
         os.close(fd)
-    return "".join(records)
+    return "\n".join(records)
 
 
 def gather_xids(
@@ -875,7 +895,7 @@ def xid_check(
             findings.append(
                 (
                     "fail",
-                    f"Xid {xid} x{len(records)}{where}: not in cudabox's catalog",
+                    f"Xid {xid} x{len(records)}{where}{_last(records)}: not in cudabox's catalog",
                     f"Xid {xid}: see NVIDIA's Xid catalog "
                     "(https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html)",
                 )
@@ -887,7 +907,7 @@ def xid_check(
         findings.append(
             (
                 info.status,
-                f"Xid {xid} ({info.name}) x{len(records)}{where}: {info.meaning}",
+                f"Xid {xid} ({info.name}) x{len(records)}{where}{_last(records)}: {info.meaning}",
                 f"Xid {xid}: {fix}",
             )
         )
@@ -902,6 +922,15 @@ def xid_check(
         "no Xid",
         fix="; ".join(fix for _, _, fix in findings),
     )
+
+
+def _last(records: Sequence[XidRecord]) -> str:
+    """', last at 2026-12-03 06:10:00 UTC' (old kernel-log Xids can be told from new ones)."""
+    times = [r.time for r in records if r.time is not None]
+    if not times:
+        return ""
+    when = dt.datetime.fromtimestamp(max(times), dt.UTC)
+    return f", last at {when:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _xid_where(records: Sequence[XidRecord], gpus: list[int]) -> str:
