@@ -160,13 +160,12 @@ def judge(
         metric = "p2p_bandwidth"
     elif cid == "perf.nccl_busbw":
         metric = "nccl_busbw"
-    layer = LAYER
     unit = str(measurement.get("unit") or UNITS.get(metric, ""))
     if measurement.get("error"):
         status: Status = "skip" if measurement.get("unsupported") else "fail"
         return check(
             cid,
-            layer,
+            LAYER,
             status,
             str(measurement["error"]),
             unit=unit,
