@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from cudabox.doctor.fleet import load_reports
 from cudabox.doctor.perf import parse_perf
 from cudabox.host import HostProfile
 from cudabox.images.catalog import load_catalog
-from cudabox.report import load_reports
 from cudabox.resolver import select
 
 ROOT = Path(__file__).parents[1]

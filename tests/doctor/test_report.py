@@ -12,10 +12,7 @@ from typing import Any
 import pytest
 
 from cudabox.cli import main
-from cudabox.doctor.model import Check, DoctorReport
-from cudabox.errors import ExitCode
-from cudabox.host import HostProfile
-from cudabox.report import (
+from cudabox.doctor.fleet import (
     DRIFT_FIELDS,
     OUTLIER_FAIL_BELOW,
     OUTLIER_WARN_BELOW,
@@ -29,6 +26,9 @@ from cudabox.report import (
     measurements,
     outliers,
 )
+from cudabox.doctor.model import Check, DoctorReport
+from cudabox.errors import ExitCode
+from cudabox.host import HostProfile
 
 REPORTS = Path(__file__).parents[1] / "fixtures" / "doctor" / "reports"
 FLEET = sorted(REPORTS.glob("*.json"))

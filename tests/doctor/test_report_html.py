@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from cudabox.cli import main
+from cudabox.doctor.fleet import Measurement, choose, fleet_view, load_reports, outliers
+from cudabox.doctor.fleet_html import chart, page
 from cudabox.errors import ExitCode
-from cudabox.report import Measurement, choose, fleet_view, load_reports, outliers
-from cudabox.report_html import chart, page
 
 FLEET = sorted(
     (Path(__file__).parents[1] / "fixtures" / "doctor" / "reports" / "fleet").glob("*.json")

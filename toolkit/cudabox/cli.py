@@ -520,7 +520,7 @@ COMMANDS = (
     Command(
         "report",
         "combine doctor reports (one per node) into one fleet table",
-        "cudabox.report:cmd_report",
+        "cudabox.doctor.fleet:cmd_report",
         _report_args,
         "Read `cudabox doctor --json FILE` reports, one per node: which node fails which check, and which image "
         "fits every node. Exit 1 when a node has a failing check, 3 when no image fits every node.",

@@ -662,7 +662,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(render(reports, choice, view, args.all))
     if html is not None:
-        from cudabox.report_html import page  # the page's code loads only when asked for
+        from cudabox.doctor.fleet_html import page  # the page's code loads only when asked for
 
         write_atomic(html, page(reports, choice, view), "report page")
     if view.status == "fail" or any(c.status == "fail" for r in reports for c in r.checks):

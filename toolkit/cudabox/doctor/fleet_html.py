@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from cudabox.doctor.model import DoctorReport, Status, worst
-from cudabox.report import (
+from cudabox.doctor.fleet import (
     OUTLIER_FAIL_BELOW,
     OUTLIER_WARN_BELOW,
     FleetChoice,
@@ -20,6 +19,7 @@ from cudabox.report import (
     check_matrix,
     finding_row,
 )
+from cudabox.doctor.model import DoctorReport, Status, worst
 
 _COLOUR: dict[Status, str] = {
     "pass": "#2f6db5",
