@@ -14,6 +14,7 @@ import pytest
 
 from cudabox import nvml
 from cudabox.errors import UsageError
+from cudabox.health import HostHealth
 from cudabox.nvml import apply_visibility, probe
 from fakenvml import FakeGpu, FakeMig, FakeNvml
 
@@ -260,9 +261,9 @@ def test_a_lost_gpu_is_still_unreadable_through_the_new_readings() -> None:
 def test_health_json_round_trip() -> None:
     health = nvml.health(FakeNvml(gpus=[H100, replace(A100, fabric=(1, 0), recovery_action=1)]))
     data = json.loads(json.dumps(health.to_json()))
-    assert nvml.HostHealth.from_json(data) == health
+    assert HostHealth.from_json(data) == health
     sick = nvml.health(FakeNvml(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
-    assert nvml.HostHealth.from_json(sick.to_json()) == sick
+    assert HostHealth.from_json(sick.to_json()) == sick
 
 
 def test_health_json_from_a_newer_cudabox_loads_without_its_new_keys() -> None:
@@ -270,7 +271,7 @@ def test_health_json_from_a_newer_cudabox_loads_without_its_new_keys() -> None:
     data = health.to_json()
     data["extra"] = 1
     data["gpus"][0]["extra"] = 1
-    assert nvml.HostHealth.from_json(data) == health
+    assert HostHealth.from_json(data) == health
 
 
 @pytest.mark.parametrize(
@@ -292,7 +293,7 @@ def test_health_json_is_checked_key_by_key(edit: Any, message: str) -> None:
     data = nvml.health(FakeNvml(gpus=[H100])).to_json()
     edit(data)
     with pytest.raises(UsageError, match=re.escape(message)) as caught:
-        nvml.HostHealth.from_json(data, where="report a.json: readings.host")
+        HostHealth.from_json(data, where="report a.json: readings.host")
     assert "report a.json: readings.host" in caught.value.message
     assert caught.value.fix is not None and "cudabox doctor --json" in caught.value.fix
 

@@ -14,7 +14,7 @@ import pytest
 from cudabox.doctor import perf
 from cudabox.doctor.host_layer import HW_POWER_BRAKE, HW_SLOWDOWN, SW_POWER_CAP, SW_THERMAL
 from cudabox.doctor.model import Check, Sample
-from cudabox.nvml import GpuHealth, HostHealth
+from cudabox.health import GpuHealth, HostHealth
 
 H100 = GpuHealth(
     0, "GPU-0", "NVIDIA H100 80GB HBM3", "0x233010DE", pcie_gen_max=5, pcie_width_max=16

@@ -6,7 +6,7 @@ import pytest
 
 from cudabox.doctor import perf
 from cudabox.errors import DataError
-from cudabox.nvml import GpuHealth
+from cudabox.health import GpuHealth
 
 H100 = GpuHealth(
     0, "GPU-a", "NVIDIA H100 80GB HBM3", "0x233010DE", pcie_gen_max=5, pcie_width_max=16

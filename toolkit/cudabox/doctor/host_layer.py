@@ -19,8 +19,9 @@ from pathlib import Path
 
 from cudabox.doctor.health_data import HealthLimits, XidInfo, load_limits, load_xids
 from cudabox.doctor.model import Check, Status, XidRecord, check
+from cudabox.health import GpuHealth, HostHealth
 from cudabox.host import HostProfile
-from cudabox.nvml import LIB_RM_VERSION_MISMATCH, GpuHealth, HostHealth, XidWatch
+from cudabox.nvml import LIB_RM_VERSION_MISMATCH, XidWatch
 
 LAYER = "host"
 

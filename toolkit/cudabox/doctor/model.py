@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cudabox.errors import ExitCode, UsageError
+from cudabox.health import HostHealth
 from cudabox.host import HostProfile
 from cudabox.images.catalog import FRAMEWORKS
-from cudabox.nvml import HostHealth
 from cudabox.output import JsonFields, read_json, shown
 
 SCHEMA_VERSION = 2

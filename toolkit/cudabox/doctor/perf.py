@@ -15,7 +15,7 @@ from typing import Any
 from cudabox.doctor import host_layer
 from cudabox.doctor.model import Check, Sample, Status, check
 from cudabox.errors import DataError
-from cudabox.nvml import GpuHealth, HostHealth
+from cudabox.health import GpuHealth, HostHealth
 from cudabox.sourced import parse_table, read_data, rows_of, sources_of
 
 LAYER = "performance"

@@ -22,9 +22,10 @@ from cudabox.container import ContainerEngine
 from cudabox.doctor import container_layer, engine_layer, host_layer, perf, training_layer
 from cudabox.doctor.model import Check, DoctorReport, Level, Readings, Sample, XidRecord, check
 from cudabox.errors import CudaboxError, UsageError
+from cudabox.health import GpuHealth, HostHealth
 from cudabox.host import HostProfile
 from cudabox.images.catalog import ImageSpec, load_catalog
-from cudabox.nvml import GpuHealth, HostHealth, XidWatch, read_host, sample_gpus
+from cudabox.nvml import XidWatch, read_host, sample_gpus
 from cudabox.output import progress
 from cudabox.resolver import select
 
