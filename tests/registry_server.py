@@ -25,7 +25,6 @@ import subprocess
 import tarfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,8 @@ from typing import Any
 import pytest
 import requests
 
-REQUIRE = os.environ.get("CUDABOX_REQUIRE_DOCKER") == "1"  # CI: never skip
+from realtools import unavailable
+
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -48,17 +48,14 @@ PASSWORD = "s3cret-pa55"
 
 
 def require_tools(*tools: str) -> None:
-    """Skip loudly when a tool is missing; fail instead under CUDABOX_REQUIRE_DOCKER=1 (CI)."""
+    """Skip loudly when a tool is missing; fail instead where CUDABOX_REQUIRE names registry."""
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        message = (
+        unavailable(
+            "registry",
             f"{', '.join(missing)} not installed; registry tests need "
-            "`apt-get install docker-registry skopeo apache2-utils openssl`"
+            "`apt-get install docker-registry skopeo apache2-utils openssl`",
         )
-        if REQUIRE:
-            pytest.fail(message + " and CUDABOX_REQUIRE_DOCKER=1 forbids skipping")
-        warnings.warn(message, stacklevel=2)
-        pytest.skip(message)
 
 
 def free_port() -> int:

@@ -28,18 +28,14 @@ import signal
 import socket
 import subprocess
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-# CI (CUDABOX_REQUIRE_DOCKER=1, set by .ci/run) never skips the real things; nor does this.
-REQUIRE_SLURM = "1" in (
-    os.environ.get("CUDABOX_REQUIRE_SLURM"),
-    os.environ.get("CUDABOX_REQUIRE_DOCKER"),
-)
+from realtools import unavailable
+
 DAEMONS = ("slurmctld", "slurmd", "sinfo", "sbatch", "scontrol", "scancel", "squeue", "srun")
 PARTITION = "debug"
 START_TIMEOUT_S = 30
@@ -339,17 +335,14 @@ def _kill_leftovers(cluster: SlurmCluster) -> list[str]:
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """A running one-machine Slurm; skips loudly without Slurm (fails under CUDABOX_REQUIRE_SLURM=1)."""
+    """A running one-machine Slurm; skips loudly without Slurm (fails where CUDABOX_REQUIRE names it)."""
     missing = [name for name in DAEMONS if shutil.which(name) is None]
     if missing:
-        message = (
+        unavailable(
+            "slurm",
             f"Slurm is not installed here ({', '.join(missing)} missing); "
-            "apt-get install slurmctld slurmd slurm-client"
+            "apt-get install slurmctld slurmd slurm-client",
         )
-        if REQUIRE_SLURM:
-            pytest.fail(message + " and CUDABOX_REQUIRE_SLURM/_DOCKER=1 forbid skipping")
-        warnings.warn(message, stacklevel=1)
-        pytest.skip(message)
     # A short path: slurmd puts Unix sockets in its spool folder (108 bytes at most).
     root = tmp_path_factory.mktemp("slurm")
     nodes = node_names()

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import REQUIRE_DOCKER
+from realtools import podman_service
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -29,26 +27,8 @@ LABEL = ["--label", "cudabox.test=1"]
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """DOCKER_HOST of a Podman API service started for these tests, stopped afterwards."""
-    if shutil.which("podman") is None:
-        message = "podman is not installed (bash scripts/bootstrap --test installs it)"
-        if REQUIRE_DOCKER:
-            pytest.fail(message + " and CUDABOX_REQUIRE_DOCKER=1 forbids skipping")
-        pytest.skip(message)
-    socket = tmp_path_factory.mktemp("podman") / "podman.sock"
-    service = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not socket.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert socket.exists(), "podman system service did not create its socket"
-        yield f"unix://{socket}"
-    finally:
-        service.terminate()
-        service.wait(timeout=30)
+    with podman_service(tmp_path_factory.mktemp("podman")) as host:
+        yield host
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,10 @@ h100-n4 another VBIOS).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import struct
 import subprocess
-import warnings
 import zlib
 from pathlib import Path
 
@@ -21,12 +19,12 @@ from cudabox.cli import main
 from cudabox.doctor.fleet import Measurement, choose, fleet_view, load_reports, outliers
 from cudabox.doctor.fleet_html import chart, page
 from cudabox.errors import ExitCode
+from realtools import unavailable
 
 FLEET = sorted(
     (Path(__file__).parents[1] / "fixtures" / "doctor" / "reports" / "fleet").glob("*.json")
 )
 NODES = [p.stem for p in FLEET]
-REQUIRE = os.environ.get("CUDABOX_REQUIRE_DOCKER") == "1"  # CI: never skip the real tools
 FAIL_TINT = (0xFD, 0xE3, 0xE3)  # report_html._BAND["fail"]: the failing node's column
 FAIL_RED = (0xC6, 0x28, 0x28)  # report_html._COLOUR["fail"]: its dots
 
@@ -106,11 +104,9 @@ def test_report_writes_the_page_atomically(
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        message = "chromium not installed; the page test needs `apt-get install chromium`"
-        if REQUIRE:
-            pytest.fail(message + " and CUDABOX_REQUIRE_DOCKER=1 forbids skipping")
-        warnings.warn(message, stacklevel=2)
-        pytest.skip(message)
+        unavailable(
+            "chromium", "chromium not installed; the page test needs `apt-get install chromium`"
+        )
     return found
 
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from conftest import REQUIRE_DOCKER, TEST_LABEL
+from conftest import TEST_LABEL
 from cudabox.container import MANAGED_LABEL
 from cudabox.engine import Engine
+from realtools import podman_service
 
 pytestmark = [pytest.mark.docker]
 
@@ -216,27 +215,9 @@ def test_an_image_built_from_a_cudabox_image_is_kept_and_so_are_its_layers(
 
 @pytest.fixture
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """DOCKER_HOST of a Podman API service of this test's own (as tests/test_podman.py starts)."""
-    if shutil.which("podman") is None:
-        message = "podman is not installed (bash scripts/bootstrap --test installs it)"
-        if REQUIRE_DOCKER:
-            pytest.fail(message + " and CUDABOX_REQUIRE_DOCKER=1 forbids skipping")
-        pytest.skip(message)
-    socket = tmp_path_factory.mktemp("podman") / "podman.sock"
-    service = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not socket.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert socket.exists(), "podman system service did not create its socket"
-        yield f"unix://{socket}"
-    finally:
-        service.terminate()
-        service.wait(timeout=30)
+    """DOCKER_HOST of a Podman API service of this test's own."""
+    with podman_service(tmp_path_factory.mktemp("podman")) as host:
+        yield host
 
 
 def test_prune_on_podman_counts_the_layers_that_left(
