@@ -426,16 +426,16 @@ COMMANDS = (
     Command(
         "probe",
         "read the host's NVIDIA driver and GPUs through NVML",
-        "cudabox.commands:cmd_probe",
+        "cudabox.commands.probe:cmd_probe",
         _probe_args,
     ),
     Command(
         "select",
         "pick the image that fits this host (or the hosts given)",
-        "cudabox.commands:cmd_select",
+        "cudabox.commands.select:cmd_select",
         _select_args,
     ),
-    Command("images", "list the catalog", "cudabox.commands:cmd_images", _images_args),
+    Command("images", "list the catalog", "cudabox.commands.images:cmd_images", _images_args),
     Command(
         "base",
         "make the base image available: pull, else bootstrap from Debian packages",
