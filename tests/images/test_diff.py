@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.utils import canonicalize_name as canonical_name
 
 from cudabox.container import ImageInfo
 from cudabox.errors import IntegrityError, UsageError
@@ -30,16 +31,15 @@ from cudabox.images.diff import (
     ImageDiff,
     ImageSide,
     Tree,
-    canonical_name,
     compare,
     diff_images,
     distributions,
-    human_bytes,
     read_layer,
     read_saved,
     render,
     side_of,
 )
+from cudabox.output import human_bytes
 
 SITE = "usr/local/lib/python3.11/site-packages"
 

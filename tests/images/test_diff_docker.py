@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from cudabox.commands.diff import cmd_diff
 from cudabox.engine import Engine
 from cudabox.errors import UsageError
-from cudabox.images.diff import cmd_diff
 
 pytestmark = [pytest.mark.docker]
 

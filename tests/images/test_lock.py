@@ -8,7 +8,8 @@ import pytest
 
 from cudabox.errors import DataError
 from cudabox.images.catalog import load_catalog
-from cudabox.images.lock import compile_args, header, lock_digest, parse_lock
+from cudabox.images.lock import lock_digest, parse_lock
+from cudabox.images.locking import compile_args, header
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
 H1 = "sha256:" + "a" * 64

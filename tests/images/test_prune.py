@@ -16,11 +16,11 @@ from cudabox.errors import EngineError, UsageError
 from cudabox.images.prune import (
     PruneOptions,
     built_by_cudabox,
-    human_bytes,
     parse_labels,
     plan_prune,
     prune,
 )
+from cudabox.output import human_bytes
 
 BASE = ("sha256:base", 200)
 OWN_STEP = "/bin/sh -c #(nop)  LABEL cudabox.flavor=cpu cudabox.image=torch-2.13-cpu"
@@ -155,7 +155,8 @@ def test_a_label_that_is_no_pair_is_a_usage_error(bad: str) -> None:
 
 
 def test_human_bytes() -> None:
-    assert human_bytes(0) == "0.0 MB"
+    # One helper for every size cudabox prints (output.human_bytes): nothing is "0.0 MB".
+    assert human_bytes(0) == "0 B"
     assert human_bytes(3_000_006) == "3.0 MB"
     assert human_bytes(1_402_000_000) == "1.40 GB"
 

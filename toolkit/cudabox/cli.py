@@ -439,38 +439,38 @@ COMMANDS = (
     Command(
         "base",
         "make the base image available: pull, else bootstrap from Debian packages",
-        "cudabox.images.base:cmd_base",
+        "cudabox.commands.base:cmd_base",
         _base_args,
     ),
     Command(
         "lock",
         "regenerate the hash-locked requirements of catalog images",
-        "cudabox.images.lock:cmd_lock",
+        "cudabox.commands.lock:cmd_lock",
         _lock_args,
     ),
     Command(
         "render",
         "write each image's Dockerfile from the template and its lock",
-        "cudabox.images.render:cmd_render",
+        "cudabox.commands.render:cmd_render",
         _render_args,
     ),
     Command(
         "build",
         "build catalog images and check what is inside them",
-        "cudabox.images.build:cmd_build",
+        "cudabox.commands.build:cmd_build",
         _build_args,
     ),
     Command(
         "verify",
         "check that images hold what the catalog says (building them if missing)",
-        "cudabox.images.build:cmd_verify",
+        "cudabox.commands.verify:cmd_verify",
         _verify_args,
     ),
     Command(
         "prune",
         "remove what builds and runs leave on the engine (build stages, old images, stopped "
         "containers)",
-        "cudabox.images.prune:cmd_prune",
+        "cudabox.commands.prune:cmd_prune",
         _prune_args,
         "Remove cudabox's leftovers and print the bytes freed. Build stages (the cache of a "
         "rebuild), images a rebuild replaced and stopped cudabox containers go; the images "
@@ -479,19 +479,19 @@ COMMANDS = (
     Command(
         "diff",
         "compare two images: shared layers, changed distributions and files",
-        "cudabox.images.diff:cmd_diff",
+        "cudabox.commands.diff:cmd_diff",
         _diff_args,
     ),
     Command(
         "publish",
         "push built and verified images to a registry",
-        "cudabox.images.publish:cmd_publish",
+        "cudabox.commands.publish:cmd_publish",
         _publish_args,
     ),
     Command(
         "pull",
         "pull images from a registry by digest, after judging them there",
-        "cudabox.images.publish:cmd_pull",
+        "cudabox.commands.pull:cmd_pull",
         _pull_args,
     ),
     Command(

@@ -52,6 +52,17 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def human_bytes(count: int | None) -> str:
+    """Decimal units, as `docker images` shows sizes: 1.16 GB, 325.4 kB, 6 B; None is "-"."""
+    if count is None:
+        return "-"
+    if abs(count) < 1000:
+        return f"{count} B"
+    if abs(count) < 1000**3:
+        return f"{count / 1000:.1f} kB" if abs(count) < 1000**2 else f"{count / 1000**2:.1f} MB"
+    return f"{count / 1000**3:,.2f} GB"
+
+
 # ---- reading ------------------------------------------------------------------------------
 
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from cudabox.commands._hosts import hosts_from_files
-from cudabox.errors import CudaboxError, ExitCode, NoImageFits
-from cudabox.images.catalog import Catalog, load_catalog
+from cudabox.choice import catalog_candidates, engine_candidates, registry_candidates, selection
+from cudabox.commands._shared import hosts_from_files
+from cudabox.errors import ExitCode, NoImageFits
+from cudabox.images.catalog import load_catalog
 from cudabox.options import REGISTRY_ENV, registry_settings
 from cudabox.output import print_json, progress, table
-from cudabox.resolver import Flavor, Selection, select
+from cudabox.resolver import Flavor, Selection
 
 
 @dataclass(frozen=True)
@@ -62,36 +63,24 @@ def selection_for(options: SelectOptions) -> Selection:
     catalog = load_catalog()
     if options.registry:
         # Imported here: the HTTP stack, which `cudabox select` without --registry skips.
-        from cudabox.images.publish import registry_catalog
+        from cudabox.registry import RegistryClient
 
-        catalog = registry_catalog(
-            catalog, options.registry, options.tag, options.registry_ca, options.framework
-        )
+        with RegistryClient(ca_bundle=options.registry_ca) as client:
+            candidates = registry_candidates(
+                catalog, client, options.registry, options.tag, options.framework
+            )
     elif options.local:
-        catalog = _with_local_images(catalog)
-    return select(catalog, hosts_from_files(options.hosts), options.framework, options.flavor)
+        # Imported here: the Docker SDK, which `cudabox select` without --local skips.
+        from cudabox.engine import Engine
 
-
-def _with_local_images(catalog: Catalog) -> Catalog:
-    """The catalog plus the engine's cudabox-labelled images that it does not already name."""
-    # Imported here: the Docker SDK, which `cudabox select` without --local skips.
-    from cudabox.engine import Engine
-    from cudabox.images.labels import spec_from_labels
-
-    known = {image.tag for image in catalog.images}
-    extra = []
-    with Engine.connect(read_timeout=30) as engine:
-        for info in engine.images_with_label("cudabox.image"):
-            tag = info.tags[0]
-            if tag in known:
-                continue
-            try:
-                spec = spec_from_labels(info.labels, tag)
-            except CudaboxError as exc:
-                progress(f"cudabox: skipping {tag}: {exc.message}")
-                continue
-            extra.append(replace(spec, name=f"{spec.name}@{tag}", tag=tag))
-    return replace(catalog, images=(*catalog.images, *extra))
+        with Engine.connect(read_timeout=30) as engine:
+            candidates = engine_candidates(catalog, engine)
+    else:
+        candidates = catalog_candidates(catalog)
+    for note in candidates.notes:
+        progress(f"cudabox: {note}")
+    hosts = hosts_from_files(options.hosts)
+    return selection(candidates, hosts, options.framework, options.flavor)
 
 
 def render_selection(selection: Selection) -> str:

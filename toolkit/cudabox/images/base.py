@@ -11,7 +11,6 @@ versions give the same layer, byte for byte. The package list is recorded in ima
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -25,14 +24,13 @@ from typing import TYPE_CHECKING
 from cudabox.errors import (
     BuildError,
     CudaboxError,
-    ExitCode,
     Interrupted,
     Unavailable,
     UsageError,
 )
-from cudabox.images.catalog import ImageSpec, load_catalog
+from cudabox.images.catalog import ImageSpec
 from cudabox.images.context import source_date_epoch
-from cudabox.output import print_json, progress, table
+from cudabox.output import progress
 
 if TYPE_CHECKING:
     from cudabox.engine import Engine
@@ -207,10 +205,6 @@ class BaseOptions:
     no_pull: bool
     json: bool
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> BaseOptions:
-        return cls(bool(args.force), bool(args.no_pull), bool(args.json))
-
 
 def ensure_base(
     engine: Engine, official: str, images_dir: Path, options: BaseOptions
@@ -227,38 +221,6 @@ def ensure_base(
             info = engine.image(official)
             return BaseResult(image=official, action="pulled", size=info.size if info else None)
     return bootstrap(engine, official, images_dir)
-
-
-def cmd_base(args: argparse.Namespace) -> int:
-    from cudabox.engine import Engine
-
-    options = BaseOptions.from_args(args)
-    catalog = load_catalog()
-    bases = sorted({spec.base_image for spec in catalog.images})
-    with Engine.connect() as engine:
-        results = [ensure_base(engine, image, catalog.root, options) for image in bases]
-    if options.json:
-        print_json([r.__dict__ for r in results])
-    else:
-        rows = [
-            [
-                r.image,
-                r.action,
-                r.python or "-",
-                r.packages or "-",
-                _mb(r.size),
-                r.seconds or "-",
-                r.package_list or "-",
-            ]
-            for r in results
-        ]
-        print(
-            table(
-                ["base image", "action", "python", "packages", "size", "seconds", "package list"],
-                rows,
-            )
-        )
-    return ExitCode.OK
 
 
 def _pulled(engine: Engine, image: str) -> bool:
@@ -296,7 +258,3 @@ def pull_failure_reason(message: str, image: str) -> str:
     if reason != first and " (" in reason:
         reason = reason.partition(" (")[0]
     return reason
-
-
-def _mb(size: int | None) -> str:
-    return f"{size / 1e6:.0f} MB" if size else "-"

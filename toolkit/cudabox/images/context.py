@@ -16,11 +16,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import InvalidVersion
+
 import cudabox
 from cudabox.errors import DataError, UsageError
 from cudabox.images.catalog import ImageSpec
 from cudabox.images.labels import labels_for
-from cudabox.images.lock import lock_digest, normalise, parse_lock
+from cudabox.images.lock import lock_digest, parse_lock
 from cudabox.options import PackageSources
 from cudabox.output import read_text
 
@@ -36,12 +39,11 @@ class BuildOptions:
 
 def wheel_pin(filename: str) -> tuple[str, str] | None:
     """'torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl' -> ('torch', '2.13.0+cpu')."""
-    if not filename.endswith(".whl"):
+    try:
+        name, version, _, _ = parse_wheel_filename(filename)
+    except (InvalidWheelFilename, InvalidVersion):
         return None
-    parts = filename[: -len(".whl")].split("-")
-    if len(parts) < 5:
-        return None
-    return normalise(parts[0]), parts[1]
+    return name, str(version)
 
 
 def needed_wheels(lock_text: str, wheelhouses: tuple[Path, ...]) -> list[Path]:

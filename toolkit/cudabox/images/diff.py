@@ -14,7 +14,6 @@ the only places that touch the engine. The JSON shape is documented in docs/diff
 
 from __future__ import annotations
 
-import argparse
 import csv
 import email.parser
 import gzip
@@ -30,9 +29,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from packaging.utils import canonicalize_name
+
 from cudabox import __version__
 from cudabox.errors import CudaboxError, ExitCode, IntegrityError, UsageError
+from cudabox.images.catalog import load_catalog
 from cudabox.images.labels import BuiltOn, built_on
+from cudabox.output import human_bytes, table
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -481,12 +484,7 @@ class Distribution:
 
     @property
     def key(self) -> tuple[str, str]:
-        return self.location, canonical_name(self.name)
-
-
-def canonical_name(name: str) -> str:
-    """PEP 503: `Foo_Bar.baz` and `foo-bar-baz` are the same distribution."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+        return self.location, canonicalize_name(self.name)
 
 
 def distributions(tree: Tree) -> dict[tuple[str, str], Distribution]:
@@ -864,8 +862,6 @@ def _image(engine: Engine, ref: str) -> ImageInfo:
     """The engine's image `ref`; a catalog name (`torch-2.13-cpu`) stands for its tag."""
     info = engine.image(ref)
     if info is None and "/" not in ref and ":" not in ref:
-        from cudabox.images.catalog import load_catalog
-
         try:
             tag = load_catalog().get(ref).tag
         except CudaboxError:
@@ -879,39 +875,8 @@ def _image(engine: Engine, ref: str) -> ImageInfo:
     return info
 
 
-# ---- the command -----------------------------------------------------------------------------
-
-
-def cmd_diff(args: argparse.Namespace) -> int:
-    from cudabox.engine import Engine
-    from cudabox.output import print_json
-    from cudabox.output import progress as to_stderr
-
-    a_ref, b_ref, as_json = str(args.a), str(args.b), bool(args.json)
-    with Engine.connect() as engine:
-        result = diff_images(engine, a_ref, b_ref, progress=to_stderr)
-    if as_json:
-        print_json(result.to_json())
-    else:
-        print(render(result))
-    return result.exit_code
-
-
-def human_bytes(count: int | None) -> str:
-    """Decimal units, as `docker images` shows sizes: 1.16 GB, 325.4 kB, 6 B."""
-    if count is None:
-        return "-"
-    if abs(count) < 1000:
-        return f"{count} B"
-    if abs(count) < 1000**3:
-        return f"{count / 1000:.1f} kB" if abs(count) < 1000**2 else f"{count / 1000**2:.1f} MB"
-    return f"{count / 1000**3:.2f} GB"
-
-
 def render(diff: ImageDiff) -> str:
     """The human report: layers, then distributions, then other files, then the verdict."""
-    from cudabox.output import table
-
     lay = diff.layers
     b_unread = diff.verdict == "identical"
     lines = [

@@ -15,16 +15,14 @@ engine read again). See docs/prune.md.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from cudabox.container import MANAGED_LABEL
-from cudabox.errors import EngineError, ExitCode, UsageError
+from cudabox.errors import EngineError, UsageError
 from cudabox.images.labels import PREFIX
-from cudabox.output import print_json, progress, table
 
 if TYPE_CHECKING:
     from cudabox.engine import Engine, StoredContainer, StoredImage
@@ -106,10 +104,6 @@ class PruneOptions:
     dry_run: bool = False
     json: bool = False
     only: Mapping[str, str] = field(default_factory=dict)  # labels everything removed must carry
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> PruneOptions:
-        return cls(bool(args.images), bool(args.dry_run), bool(args.json), parse_labels(args.label))
 
 
 def parse_labels(items: Sequence[str]) -> dict[str, str]:
@@ -255,43 +249,3 @@ def prune(engine: Engine, options: PruneOptions) -> PruneReport:
             item = replace(item, bytes=sum(freed.values()))
         removed.append(item)
     return PruneReport(False, options.images, tuple(removed), tuple(kept))
-
-
-# ---- command -----------------------------------------------------------------------------------
-
-
-def human_bytes(size: int) -> str:
-    return f"{size / 1e9:,.2f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB"
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    from cudabox.engine import Engine
-
-    options = PruneOptions.from_args(args)
-    with Engine.connect() as engine:
-        report = prune(engine, options)
-    if options.json:
-        print_json(report.to_json())
-        return ExitCode.OK
-    if report.removed:
-        print(
-            table(
-                ["would remove" if report.dry_run else "removed", "id", "name", "serves", "frees"],
-                [
-                    [i.kind, _short_id(i.id), i.name, i.serves or "-", human_bytes(i.bytes)]
-                    for i in report.removed
-                ],
-            )
-        )
-    for item in report.kept:
-        progress(f"prune: kept {item.kind} {_short_id(item.id)} {item.name}: {item.reason}")
-    verb = "would free" if report.dry_run else "freed"
-    line = f"prune: {verb} {human_bytes(report.freed_bytes)} ({report.freed_bytes} bytes)"
-    if not options.images:
-        line += "; the images cudabox built stay (--images removes them too)"
-    print(line)
-    return ExitCode.OK
-
-
-def _short_id(value: str) -> str:
-    return value.removeprefix("sha256:")[:12]

@@ -5,49 +5,33 @@ then push `REPO/NAME:latest` and an immutable tag `VERSION-lockLOCK12-fsFS12`: F
 image's layers (diff_ids), so a rebuild with identical layers has the same immutable tag, which
 publish never moves, while `latest` follows the newest push.
 
-pull: choose in the registry from the labels (cudabox.images.remote), pull exactly the chosen
-manifest digest, then check that the pulled image's labels are the ones that were judged.
+pull (pull_judged): the image chosen in the registry (cudabox.choice) is pulled by its manifest
+digest, then the pulled image's labels are checked to be the ones that were judged.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cudabox.errors import ExitCode, IntegrityError, NoImageFits, NotFound, UsageError
-from cudabox.host import HostProfile
-from cudabox.images.catalog import Catalog, ImageSpec, load_catalog
+from cudabox.errors import IntegrityError, NotFound
+from cudabox.images.build import build_and_verify
+from cudabox.images.catalog import ImageSpec
 from cudabox.images.labels import PREFIX, built_on, provenance_labels, spec_from_labels
 from cudabox.images.lock import lock_digest
-from cudabox.images.remote import RemoteCandidates, Skipped, image_reference, remote_candidates
-from cudabox.images.targets import resolve_targets
-from cudabox.options import REGISTRY_ENV, PackageSources, registry_settings
-from cudabox.output import print_json, progress, table
+from cudabox.images.remote import image_reference
+from cudabox.images.verify import require_verified, verify_image
+from cudabox.options import PackageSources
+from cudabox.output import progress
 from cudabox.progress import TransferProgress
 from cudabox.registry import Reference, RegistryClient
-from cudabox.resolver import Flavor, select
 
 if TYPE_CHECKING:
     from cudabox.container import ImageInfo
     from cudabox.engine import Engine
-
-
-def registry_from(value: str | None) -> str:
-    """--registry, else $CUDABOX_REGISTRY; a command that needs one but has none: a usage error."""
-    repo = value or os.environ.get(REGISTRY_ENV)
-    if not repo:
-        raise UsageError(
-            "no registry named",
-            "pass --registry REPO (e.g. ghcr.io/ORG/cudabox or 127.0.0.1:5000/cudabox) "
-            f"or set {REGISTRY_ENV}",
-        )
-    image_reference(repo, "x")  # validates the prefix
-    return repo.rstrip("/")
 
 
 def content_id(diff_ids: Sequence[str]) -> str:
@@ -57,59 +41,6 @@ def content_id(diff_ids: Sequence[str]) -> str:
 
 def immutable_tag(spec: ImageSpec, lock_sha256: str, diff_ids: Sequence[str]) -> str:
     return f"{spec.framework_version}-lock{lock_sha256[:12]}-fs{content_id(diff_ids)}"
-
-
-# ---- choosing in the registry --------------------------------------------------------------------
-
-
-def registry_catalog(
-    catalog: Catalog,
-    repo: str,
-    tag: str,
-    ca: Path | None,
-    framework: str | None = None,
-) -> Catalog:
-    """The registry's images of `framework` (every framework when None), judged from labels."""
-    frameworks = [framework] if framework else sorted({i.framework for i in catalog.images})
-    found: list[ImageSpec] = []
-    skipped_all: list[Skipped] = []
-    with RegistryClient(ca_bundle=ca) as client:
-        for name in frameworks:
-            candidates = remote_candidates(repo, catalog, name, tag=tag, client=client)
-            skipped_all += candidates.skipped
-            found += [c.spec for c in candidates.found]
-            stale = [
-                c.spec.name
-                for c in candidates.found
-                if catalog.get(c.spec.name).lock.is_file()
-                and c.lock_sha256 != lock_digest(catalog.get(c.spec.name).lock)
-            ]
-            for name_ in stale:
-                progress(f"cudabox: warning: {repo}/{name_}:{tag} was built from another lock")
-    if not found:
-        # Says why: nothing published (9), no login (8), only unlabelled images (12), other
-        # platforms only (10). The skip lines would repeat it.
-        RemoteCandidates(repo, tag, (), tuple(skipped_all)).require_any()
-    for skipped in skipped_all:
-        progress(f"cudabox: {skipped.reference}: skipped: {skipped.reason}")
-    return Catalog(images=tuple(found), root=catalog.root)
-
-
-def choose_remote(
-    catalog: Catalog,
-    repo: str,
-    tag: str,
-    ca: Path | None,
-    hosts: Sequence[HostProfile],
-    framework: str,
-    flavor: Flavor,
-) -> ImageSpec:
-    """The registry image (tag = REPO/NAME@sha256:...) that fits every host, or NoImageFits."""
-    remote = registry_catalog(catalog, repo, tag, ca, framework)
-    selection = select(remote, hosts, framework, flavor)
-    if selection.selected is None:
-        raise NoImageFits(selection.message or f"no image in {repo} fits", selection.fix)
-    return selection.selected
 
 
 # ---- pulling -----------------------------------------------------------------------------------
@@ -165,30 +96,6 @@ class Published:
     base_digest: str
 
 
-@dataclass(frozen=True)
-class PublishOptions:
-    targets: tuple[str, ...]
-    registry: str
-    registry_ca: Path | None
-    sources: PackageSources
-    json: bool
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> PublishOptions:
-        return cls(
-            targets=tuple(args.targets),
-            registry=registry_from(args.registry),
-            registry_ca=registry_settings(args.tag, args.registry_ca)[1],
-            sources=PackageSources.resolve(
-                ca_cert=args.ca_cert,
-                index_url=args.index_url,
-                wheelhouses=args.wheelhouse,
-                host_pip=args.host_pip,
-            ),
-            json=bool(args.json),
-        )
-
-
 def publish_image(
     engine: Engine,
     spec: ImageSpec,
@@ -197,9 +104,6 @@ def publish_image(
     sources: PackageSources,
     client: RegistryClient,
 ) -> Published:
-    from cudabox.images.build import build_and_verify
-    from cudabox.images.verify import require_verified, verify_image
-
     present = engine.image(spec.tag)
     why = "it is not built" if present is None else stale_reason(spec, present, images_dir)
     if why is not None:
@@ -286,105 +190,3 @@ def _has(client: RegistryClient, ref: Reference, diff_ids: Sequence[str]) -> boo
             "inspect the registry",
         )
     return True
-
-
-def cmd_publish(args: argparse.Namespace) -> int:
-    from cudabox.engine import Engine
-    from cudabox.images.build import BUILD_READ_TIMEOUT_S
-
-    options = PublishOptions.from_args(args)
-    catalog = load_catalog()
-    specs = resolve_targets(catalog, options.targets)
-    results = []
-    with (
-        Engine.connect(read_timeout=BUILD_READ_TIMEOUT_S) as engine,
-        RegistryClient(ca_bundle=options.registry_ca) as client,
-    ):
-        for spec in specs:
-            results.append(
-                publish_image(engine, spec, options.registry, catalog.root, options.sources, client)
-            )
-    if options.json:
-        print_json([asdict(r) for r in results])
-    else:
-        rows = [
-            [
-                r.name,
-                r.pinned,
-                r.immutable.rpartition(":")[2],
-                f"{r.layers_uploaded}/{r.layers}",
-                "yes" if r.immutable_existed else "no",
-            ]
-            for r in results
-        ]
-        print(table(["image", "pinned", "immutable tag", "layers uploaded", "was there"], rows))
-    return int(ExitCode.OK)
-
-
-# ---- cudabox pull --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PullOptions:
-    targets: tuple[str, ...]
-    framework: str
-    flavor: Flavor
-    registry: str
-    tag: str
-    registry_ca: Path | None
-    json: bool
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> PullOptions:
-        return cls(
-            targets=tuple(args.targets),
-            framework=args.framework,
-            flavor=args.flavor,
-            registry=registry_from(args.registry),
-            tag=registry_settings(args.tag, args.registry_ca)[0],
-            registry_ca=args.registry_ca,
-            json=bool(args.json),
-        )
-
-
-def cmd_pull(args: argparse.Namespace) -> int:
-    """Pre-pull for a fleet: named targets as published, or the image that fits this host."""
-    from cudabox.engine import Engine
-    from cudabox.nvml import probe
-
-    options = PullOptions.from_args(args)
-    catalog = load_catalog()
-    if options.targets:
-        named = Catalog(images=tuple(resolve_targets(catalog, options.targets)), root=catalog.root)
-        remote = registry_catalog(
-            named, options.registry, options.tag, options.registry_ca, framework=None
-        )
-        wanted = {s.name for s in named.images}
-        chosen = [s for s in remote.images if s.name in wanted]
-        missing = sorted(wanted - {s.name for s in chosen})
-        if missing:
-            raise NotFound(
-                f"{options.registry} has no usable {', '.join(missing)} under tag {options.tag!r}",
-                f"publish it: `cudabox publish {' '.join(missing)} --registry {options.registry}`",
-            )
-    else:
-        chosen = [
-            choose_remote(
-                catalog,
-                options.registry,
-                options.tag,
-                options.registry_ca,
-                [probe()],
-                options.framework,
-                options.flavor,
-            )
-        ]
-    with Engine.connect(read_timeout=600) as engine:
-        for spec in chosen:
-            pull_judged(engine, spec)
-    rows = [{"name": s.name, "pinned": s.tag} for s in chosen]
-    if options.json:
-        print_json(rows)
-    else:
-        print(table(["image", "pinned"], [[r["name"], r["pinned"]] for r in rows]))
-    return int(ExitCode.OK)

@@ -10,17 +10,15 @@ as far as their lower layers agree, a pull skips it.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cudabox.errors import DataError, ExitCode
-from cudabox.images.catalog import ImageSpec, load_catalog
+from cudabox.errors import DataError
+from cudabox.images.catalog import ImageSpec
 from cudabox.images.lock import Pin, parse_lock
-from cudabox.images.targets import resolve_targets
-from cudabox.output import progress, read_text
+from cudabox.output import read_text
 
 TEMPLATE = "Dockerfile.template"
 LAYER_MIN_BYTES = 30_000_000
@@ -159,10 +157,6 @@ class RenderOptions:
     targets: tuple[str, ...]
     check: bool
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> RenderOptions:
-        return cls(tuple(args.targets), bool(args.check))
-
 
 def render_all(specs: Sequence[ImageSpec], images_dir: Path, check: bool) -> list[Path]:
     """Write (or with check, compare) each image's Dockerfile; returns the stale/changed ones."""
@@ -177,25 +171,3 @@ def render_all(specs: Sequence[ImageSpec], images_dir: Path, check: bool) -> lis
             spec.dockerfile.parent.mkdir(parents=True, exist_ok=True)
             spec.dockerfile.write_text(text)
     return changed
-
-
-def cmd_render(args: argparse.Namespace) -> int:
-    options = RenderOptions.from_args(args)
-    catalog = load_catalog()
-    specs = resolve_targets(catalog, options.targets, empty_means_all=True)
-    changed = render_all(specs, catalog.root, options.check)
-    root = catalog.root.parent
-    for path in changed:
-        shown = path.relative_to(root) if path.is_relative_to(root) else path
-        if options.check:
-            progress(
-                f"render: {shown} is not what `cudabox render` writes from the template and its lock"
-            )
-        else:
-            progress(f"render: wrote {shown}")
-    if options.check and changed:
-        progress("fix: run `cudabox render` (or `nox -s render`) and commit the Dockerfiles")
-        return int(ExitCode.FAILED)
-    if not changed:
-        progress(f"render: {len(specs)} Dockerfile(s) current")
-    return int(ExitCode.OK)

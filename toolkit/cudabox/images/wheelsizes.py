@@ -40,11 +40,15 @@ from urllib.request import url2pathname
 
 import requests
 import requests.adapters
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import InvalidWheelFilename
+from packaging.utils import parse_wheel_filename as parse_wheel_name
+from packaging.version import InvalidVersion, Version
 
 from cudabox import __version__
 from cudabox.errors import AuthError, CudaboxError, DataError, Unavailable
 from cudabox.images.catalog import ImageSpec
-from cudabox.images.lock import PLATFORM, Pin, normalise
+from cudabox.images.lock import PLATFORM, Pin
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
@@ -72,16 +76,6 @@ _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
 # -- which wheel pip would install -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tag:
-    interpreter: str  # cp311, py3
-    abi: str  # cp311, abi3, none
-    platform: str  # manylinux_2_28_x86_64, any
-
-    def __str__(self) -> str:
-        return f"{self.interpreter}-{self.abi}-{self.platform}"
 
 
 # Names the manylinux_2_x tags had before PEP 600 (pip accepts both).
@@ -127,18 +121,10 @@ class Target:
         major, minor = self.python
         cp = f"cp{major}{minor}"
         platforms = self.platforms()
-        tags = [Tag(cp, abi, p) for abi in (cp, "abi3", "none") for p in platforms]
-        # The stable ABI of older CPythons (abi3 exists since 3.2).
-        tags += [
-            Tag(f"cp{major}{m}", "abi3", p) for m in range(minor - 1, 1, -1) for p in platforms
-        ]
-        pythons = [f"py{major}{minor}", f"py{major}"] + [
-            f"py{major}{m}" for m in range(minor - 1, -1, -1)
-        ]
-        tags += [Tag(py, "none", p) for py in pythons for p in platforms]
-        tags.append(Tag(cp, "none", "any"))
-        tags += [Tag(py, "none", "any") for py in pythons]
-        return tuple(tags)
+        return (
+            *cpython_tags((major, minor), abis=[cp], platforms=platforms),
+            *compatible_tags((major, minor), interpreter=cp, platforms=platforms),
+        )
 
 
 IMAGE_TARGET = Target.parse("3.11", PLATFORM)
@@ -152,22 +138,18 @@ def _priorities(target: Target) -> Mapping[Tag, int]:
 @dataclass(frozen=True)
 class WheelName:
     distribution: str  # normalised (PEP 503)
-    version: str
+    version: Version
     build: str | None
     tags: frozenset[Tag]
 
 
 def parse_wheel_filename(filename: str) -> WheelName | None:
-    """The parts of a wheel's file name (PEP 427, compressed tag sets expanded); None if not one."""
-    if not filename.endswith(".whl"):
-        return None
-    parts = filename[: -len(".whl")].split("-")
-    if len(parts) not in (5, 6):
-        return None
-    build = parts[2] if len(parts) == 6 else None
-    pythons, abis, platforms = (p.split(".") for p in parts[-3:])
-    tags = frozenset(Tag(py, abi, plat) for py in pythons for abi in abis for plat in platforms)
-    return WheelName(normalise(parts[0]), parts[1], build, tags)
+    """The parts of a wheel's file name (compressed tag sets expanded); None if not one."""
+    try:
+        name, version, build, found = parse_wheel_name(filename)
+    except (InvalidWheelFilename, InvalidVersion):
+        return None  # pip skips such a file too
+    return WheelName(name, version, f"{build[0]}{build[1]}" if build else None, found)
 
 
 def wheel_rank(filename: str, target: Target = IMAGE_TARGET) -> int | None:
@@ -703,7 +685,7 @@ def _wheelhouse_files(folder: Path, pin: Pin) -> list[DistFile]:
     found = []
     for path in sorted(folder.glob("*.whl")):
         wheel = parse_wheel_filename(path.name)
-        if wheel is None or wheel.distribution != pin.name or wheel.version != pin.version:
+        if wheel is None or wheel.distribution != pin.name or wheel.version != Version(pin.version):
             continue
         with path.open("rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()

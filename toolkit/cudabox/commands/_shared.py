@@ -1,4 +1,4 @@
-"""The hosts a command is about: profiles from `--host` files, else this host's own probe."""
+"""What several commands read from their arguments the same way: the hosts a command is about."""
 
 from __future__ import annotations
 
