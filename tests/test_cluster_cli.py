@@ -171,12 +171,12 @@ def test_wait_pending_reaches_the_slurm_job(head: list[str], tail: list[str]) ->
     """--wait-pending is taken by train and run and handed on to the Slurm adapter's follow (the
     real waiting is in tests/test_slurm_pending.py); without it, a hopeless job is cancelled."""
     from cudabox.cli import parse
-    from cudabox.cluster import ClusterOptions
+    from cudabox.commands._launch import cluster_options
 
     words = [*head, "--cpu", "--scheduler", "slurm", "--nodes", "3", "--launcher", "cudabox"]
-    waiting = ClusterOptions.from_args(parse([*words, "--wait-pending", *tail]))
+    waiting = cluster_options(parse([*words, "--wait-pending", *tail]))
     assert waiting.wait_pending is True
-    assert ClusterOptions.from_args(parse([*words, *tail])).wait_pending is False
+    assert cluster_options(parse([*words, *tail])).wait_pending is False
     result = cudabox(*words, "--wait-pending", "--dry-run", *tail)
     assert result.returncode == 0, result.stderr
     assert "#SBATCH --nodes=3" in result.stdout

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 
 from cudabox.cdi import find_specs
+from cudabox.choice import ImageChoice, Request, catalog_candidates, choose
+from cudabox.commands._launch import launch_options
 from cudabox.container import EngineDescription, GpuRequest
 from cudabox.errors import Unavailable, UsageError
 from cudabox.host import HostProfile
+from cudabox.images.catalog import load_catalog
 from cudabox.launch import (
     LaunchOptions,
-    choose_image,
     container_spec,
     gpu_request,
     parse_gpus,
@@ -34,6 +36,15 @@ HOSTS = Path(__file__).parents[1] / "fixtures" / "hosts"
 
 def host(name: str) -> HostProfile:
     return HostProfile.load(HOSTS / f"{name}.json")
+
+
+def choose_image(
+    framework: str, image: str, cpu: bool, require_gpu: bool, profile: HostProfile
+) -> ImageChoice:
+    """The choice a local run makes (targets.local): CPU with --cpu, CUDA with --require-gpu."""
+    flavor = "cpu" if cpu else ("cuda" if require_gpu else "auto")
+    request = Request(framework, image, flavor, require_gpu=require_gpu)  # type: ignore[arg-type]
+    return choose(request, [profile], catalog_candidates(load_catalog()))
 
 
 @pytest.mark.parametrize(
@@ -74,8 +85,8 @@ def test_cuda_image_gets_every_visible_gpu_and_cpu_image_none() -> None:
     cpu = choose_image("torch", "auto", cpu=True, require_gpu=False, profile=host("h100"))
     assert cpu.image.flavor == "cpu"
     assert gpu_request(cpu, None, cpu=True, engine=None) is None
-    with pytest.raises(UsageError, match="contradict"):
-        gpu_request(cpu, "all", cpu=True, engine=None)
+    with pytest.raises(UsageError, match="contradict"):  # checked once, where options are made
+        LaunchOptions(gpus="all", cpu=True)
 
 
 def test_hidden_gpus_stay_hidden_in_the_container() -> None:
@@ -139,7 +150,7 @@ def test_container_spec_maps_the_caller_and_the_workdir(
     assert "SEED=3" in cli and "team=vision" in cli
     assert cli[-3:] == ["cudabox/torch-2.13-cpu:latest", "python", "train.py"]
     with pytest.raises(UsageError, match="KEY=VALUE"):
-        LaunchOptions.from_args(run_args("--env", "oops"))
+        launch_options(run_args("--env", "oops"), "local")
 
 
 def run_args(*words: str) -> argparse.Namespace:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from cudabox import __version__
 from cudabox.errors import CudaboxError, DiskFull, ExitCode
+from cudabox.options import DEFAULT_SHM
 
 FRAMEWORKS = ("torch", "tensorflow")  # the catalog checks its own copy on load
 LEVELS = ("quick", "standard", "full")
-DEFAULT_SHM = "4g"
 BUILD_TARGETS_HELP = (
     "catalog image name, FRAMEWORK:FLAVOR (newest of the kind, e.g. torch:cuda) or all"
 )
@@ -497,14 +497,14 @@ COMMANDS = (
     Command(
         "run",
         "run a command in the image that fits this host, GPUs wired in",
-        "cudabox.launch:cmd_run",
+        "cudabox.commands.run:cmd_run",
         _run_args,
         "Run COMMAND in the matching image with the current directory at /workspace.",
     ),
     Command(
         "train",
         "run the smoke training workload (in its image, or --here)",
-        "cudabox.train:cmd_train",
+        "cudabox.commands.train:cmd_train",
         _train_args,
         "Train the smoke workload and print a summary; extra workload options after --.",
     ),

@@ -8,7 +8,6 @@ the container's init. stdout and stderr stay apart, as with `docker run`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import shlex
@@ -22,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from cudabox.choice import ImageChoice
 from cudabox.container import (
     ContainerSpec,
     EngineDescription,
@@ -30,41 +30,23 @@ from cudabox.container import (
     RunningContainer,
     Ulimit,
 )
-from cudabox.errors import ExitCode, NoImageFits, Unavailable, UsageError
-from cudabox.host import HostProfile
-from cudabox.images.catalog import Catalog, ImageSpec, load_catalog
+from cudabox.errors import Unavailable, UsageError
+from cudabox.images.catalog import ImageSpec
 from cudabox.jobs.spec import Rendezvous, torchrun_argv
-from cudabox.options import (
-    REGISTRY_ENV,
-    absolute,
-    current_directory,
-    parse_pairs,
-    parse_size,
-    parse_ulimit,
-    registry_settings,
-)
+from cudabox.options import DEFAULT_SHM, absolute, current_directory
 from cudabox.output import progress
-from cudabox.resolver import Flavor, select
 
 if TYPE_CHECKING:
     from cudabox.engine import Engine
 
 WORKDIR = "/workspace"
 OUT_DIR = "/cudabox/out"
-DEFAULT_SHM = "4g"  # Docker's 64 MB /dev/shm breaks DataLoader workers
 # Several processes per container (NCCL, DataLoader workers): NVIDIA's NGC containers ask for
 # unlimited locked memory and a 64 MB stack.
 MULTIPROCESS_ULIMITS = (Ulimit("memlock", -1, -1), Ulimit("stack", 67108864, 67108864))
 # Host variables that steer collective communication; they reach the container as they are.
 PASSED_ENV_PREFIXES = ("NCCL_", "MASTER_", "GLOO_", "TORCH_NCCL_", "TORCH_DISTRIBUTED_")
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@dataclass(frozen=True)
-class Choice:
-    image: ImageSpec
-    why: str
-    profile: HostProfile
 
 
 @dataclass(frozen=True)
@@ -90,71 +72,10 @@ class LaunchOptions:
     registry_tag: str = "latest"
     registry_ca: Path | None = None
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, here: bool = False) -> LaunchOptions:
-        """`here`: nothing is mounted (train --here), so no workspace is needed."""
-        if args.cpu and args.gpus is not None:
+    def __post_init__(self) -> None:
+        # Checked here, once: every target and every path below may rely on it.
+        if self.cpu and self.gpus is not None:
             raise UsageError("--cpu and --gpus contradict each other", "drop one of them")
-        if args.gpus is not None:
-            parse_gpus(args.gpus, cdi=False)  # syntax only; CDI naming is decided later
-        nproc, nnodes = args.nproc_per_node, args.nnodes
-        if nproc < 1 or nnodes < 1:
-            raise UsageError(
-                "--nproc-per-node and --nnodes must be at least 1", "e.g. --nproc-per-node 2"
-            )
-        if nproc > 1 and args.framework == "tensorflow":
-            raise UsageError(
-                "--nproc-per-node runs torchrun, which the TensorFlow images do not have; the TF "
-                "workload spreads over one node's GPUs in one process (MirroredStrategy)",
-                "drop --nproc-per-node for TensorFlow",
-            )
-        if nnodes == 1 and (args.rdzv_endpoint or args.rdzv_id):
-            raise UsageError(
-                "--rdzv-endpoint and --rdzv-id only matter with --nnodes above 1",
-                "drop them, or pass --nnodes N",
-            )
-        rdzv = None
-        if nnodes > 1:
-            if not args.rdzv_endpoint:
-                raise UsageError(
-                    f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (where the ranks meet)",
-                    "pass the first node's address, e.g. --rdzv-endpoint node1:29500 (the Slurm "
-                    "script cudabox renders does this for you)",
-                )
-            host, _, port = args.rdzv_endpoint.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise UsageError(
-                    f"--rdzv-endpoint {args.rdzv_endpoint!r} is not HOST:PORT",
-                    "e.g. --rdzv-endpoint node1:29500",
-                )
-            rank = node_rank(args.node_rank)
-            rdzv = Rendezvous(
-                host,
-                int(port),
-                args.rdzv_id or "cudabox",
-                is_host=None if rank is None else rank == 0,
-                local_addr=args.node_addr or os.environ.get(NODE_NAME_VARIABLE) or None,
-            )
-        return cls(
-            framework=args.framework,
-            image=args.image,
-            gpus=args.gpus,
-            cpu=args.cpu,
-            dry_run=args.dry_run,
-            build_missing=not args.no_build,
-            shm_size=parse_size(args.shm_size, "--shm-size"),
-            env=parse_pairs(args.env, "--env"),
-            labels=parse_pairs(args.label, "--label"),
-            ulimits=tuple(parse_ulimit(item) for item in args.ulimit),
-            workspace=Path("/nonexistent") if here else workspace_from(args.workspace),
-            mounts=tuple(parse_mount(item) for item in args.mount),
-            nproc_per_node=nproc,
-            nnodes=nnodes,
-            rdzv=rdzv,
-            registry=(args.registry or os.environ.get(REGISTRY_ENV) or "").rstrip("/") or None,
-            registry_tag=registry_settings(args.tag, args.registry_ca)[0],
-            registry_ca=args.registry_ca,
-        )
 
     @property
     def distributed(self) -> bool:
@@ -222,101 +143,7 @@ def workspace_from(named: Path | None) -> Path:
     return folder
 
 
-# ---- choosing and preparing the image ---------------------------------------------------------
-
-
-def choose_image(
-    framework: str,
-    image: str,
-    cpu: bool,
-    require_gpu: bool,
-    profile: HostProfile,
-    registry: LaunchOptions | None = None,
-) -> Choice:
-    """The image to run: named, or the newest that fits (in the registry when one is given)."""
-    if image != "auto":
-        ca = registry.registry_ca if registry is not None else None
-        return Choice(named_image(image, ca), "named with --image", profile)
-    if require_gpu:
-        require_visible_gpu(framework, profile, here=False)
-    flavor: Flavor = "cpu" if cpu else ("cuda" if require_gpu else "auto")
-    selection = select(candidates(framework, registry), [profile], framework, flavor)
-    if selection.selected is None:
-        raise NoImageFits(selection.message or "no image fits this host", selection.fix)
-    verdict = next(v for v in selection.verdicts if v.image == selection.selected)
-    notes = "; ".join(r.text for r in verdict.reasons)
-    where = " in the registry" if registry is not None and registry.registry else ""
-    why = f"newest {framework} {selection.selected.flavor} image{where} that fits this host"
-    if flavor == "auto" and not profile.visible_gpus:
-        why += f"; no usable GPU ({profile.message or 'none visible'})"
-    return Choice(selection.selected, f"{why}{' (' + notes + ')' if notes else ''}", profile)
-
-
-def candidates(framework: str, options: LaunchOptions | None) -> Catalog:
-    """The images to choose from: the catalog's, or those of them the registry holds."""
-    catalog = load_catalog()
-    if options is None or not options.registry:
-        return catalog
-    from cudabox.images.publish import registry_catalog
-
-    return registry_catalog(
-        catalog, options.registry, options.registry_tag, options.registry_ca, framework
-    )
-
-
-def named_image(image: str, ca: Path | None) -> ImageSpec:
-    """The image --image names: a reference (judged from its labels), else a catalog name."""
-    if is_reference(image):
-        return image_from_reference(image, ca)
-    return load_catalog().get(image)
-
-
-def is_reference(image: str) -> bool:
-    """An image reference (`cudabox/torch-2.13-cpu:latest`, `REPO/NAME@sha256:...`), not a name."""
-    return "/" in image or "@" in image or ":" in image
-
-
-def image_from_reference(ref: str, ca: Path | None = None) -> ImageSpec:
-    """The facts of an image named by reference: from the engine's copy, else from its registry.
-
-    Nothing is pulled here; the launch pulls exactly this reference when it is missing. An image
-    without cudabox labels cannot be judged (Unlabelled), wherever it is.
-    """
-    from cudabox.engine import Engine
-    from cudabox.errors import DataError, Unlabelled
-    from cudabox.images.labels import spec_from_labels
-
-    with Engine.connect(read_timeout=60) as engine:
-        info = engine.image(ref)
-    if info is not None:
-        try:
-            return spec_from_labels(dict(info.labels), ref)
-        except DataError as exc:
-            raise Unlabelled(
-                exc.message,
-                "run images built by cudabox (`cudabox build`), or pulled from a `cudabox "
-                "publish`ed registry",
-            ) from None
-    from cudabox.images.remote import spec_of
-    from cudabox.registry import RegistryClient
-
-    with RegistryClient(ca_bundle=ca) as client:
-        remote = client.image(ref)
-    # Pinned to the digest that was read: a tag may move before the pull.
-    return spec_of(remote, str(remote.pinned))
-
-
-def require_visible_gpu(framework: str, profile: HostProfile, here: bool) -> None:
-    """A GPU run on a host without a usable GPU fails at once; it never falls back to the CPU."""
-    if profile.visible_gpus:
-        return
-    short = "tf" if framework == "tensorflow" else framework
-    found = profile.message or "NVML lists no visible GPU"
-    instead = f"cudabox train {framework} {'--here ' if here else ''}--cpu"
-    raise Unavailable(
-        f"no usable NVIDIA GPU on this host ({found}); a GPU run never falls back to the CPU",
-        f"run `nox -s train-{short}-cpu` (or `{instead}`) instead",
-    )
+# ---- preparing the image ------------------------------------------------------------------------
 
 
 def ensure_image(engine: Engine, spec: ImageSpec, build_missing: bool) -> None:
@@ -353,13 +180,11 @@ def _warn_if_stale(spec: ImageSpec, labels: dict[str, str]) -> None:
 
 
 def gpu_request(
-    choice: Choice, gpus: str | None, cpu: bool, engine: EngineDescription | None
+    choice: ImageChoice, gpus: str | None, cpu: bool, engine: EngineDescription | None
 ) -> GpuRequest | None:
     """GPUs for the container: what --gpus says, else every visible GPU for a CUDA image."""
     if cpu:
-        if gpus:
-            raise UsageError("--cpu and --gpus contradict each other", "drop one of them")
-        return None
+        return None  # LaunchOptions refuses --cpu with --gpus
     cdi = engine is not None and engine.gpus_through_cdi
     if gpus is not None:
         return parse_gpus(gpus, cdi)
@@ -485,7 +310,7 @@ def launched_command(command: Sequence[str], options: LaunchOptions) -> list[str
 
 
 def container_spec(
-    choice: Choice,
+    choice: ImageChoice,
     command: Sequence[str],
     options: LaunchOptions,
     gpus: GpuRequest | None,
@@ -561,70 +386,33 @@ def run_container(engine: Engine, spec: ContainerSpec, to_stderr: bool = False) 
         return container.wait()
 
 
-def _connect(dry_run: bool) -> Engine | None:
-    from cudabox.engine import Engine
-
-    try:
-        return Engine.connect()
-    except Unavailable:
-        if dry_run:
-            return None  # a dry run only prints; it needs no engine
-        raise
-
-
-def probe_host() -> HostProfile:
-    from cudabox.nvml import probe
-
-    return probe()
-
-
 def launch(
+    engine: Engine | None,
     options: LaunchOptions,
-    choice: Choice,
+    choice: ImageChoice,
     command: Sequence[str],
     extra_mounts: Sequence[Mount] = (),
     to_stderr: bool = False,
 ) -> int | None:
-    """Wire the GPUs, then print the docker command (--dry-run, returns None) or run it."""
+    """Wire the GPUs, then print the docker command (--dry-run, returns None) or run it.
+
+    `engine` is None only for a dry run on a host without one: the command is printed as it
+    would run on Docker.
+    """
     progress(f"cudabox: image {choice.image.name}: {choice.why}")
-    engine = _connect(options.dry_run)
-    try:
-        described = engine.description if engine is not None else None
-        gpus = gpu_request(choice, options.gpus, options.cpu, described)
-        refuse_podman_gpus(described, gpus)
-        spec = container_spec(
-            choice,
-            launched_command(command, options),
-            options,
-            gpus,
-            container_ulimits(options, described),
-            extra_mounts,
-        )
-        if engine is None or options.dry_run:
-            print(shlex.join(spec.docker_cli()))
-            return None
-        ensure_image(engine, choice.image, build_missing=options.build_missing)
-        return run_container(engine, spec, to_stderr)
-    finally:
-        if engine is not None:
-            engine.close()
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    command = [*args.command, *args.rest]
-    if not command:
-        raise UsageError(
-            "no command to run", "put it after --, e.g. `cudabox run -- python train.py`"
-        )
-    options = LaunchOptions.from_args(args)
-    if args.scheduler != "none":
-        from cudabox.cluster import ClusterOptions, submit
-
-        cluster = ClusterOptions.from_args(args)
-        code = submit(options.framework, options, cluster, command, out_dir=None)
-        return ExitCode.OK if code is None else code
-    choice = choose_image(
-        options.framework, options.image, options.cpu, False, probe_host(), options
+    described = engine.description if engine is not None else None
+    gpus = gpu_request(choice, options.gpus, options.cpu, described)
+    refuse_podman_gpus(described, gpus)
+    spec = container_spec(
+        choice,
+        launched_command(command, options),
+        options,
+        gpus,
+        container_ulimits(options, described),
+        extra_mounts,
     )
-    code = launch(options, choice, command)
-    return ExitCode.OK if code is None else code
+    if engine is None or options.dry_run:
+        print(shlex.join(spec.docker_cli()))
+        return None
+    ensure_image(engine, choice.image, build_missing=options.build_missing)
+    return run_container(engine, spec, to_stderr)

@@ -25,6 +25,8 @@ INDEX_ENV = "CUDABOX_INDEX_URL"
 WHEELHOUSE_ENV = "CUDABOX_WHEELHOUSE"
 HOST_PIP_ENV = "CUDABOX_HOST_PIP"
 REGISTRY_ENV = "CUDABOX_REGISTRY"
+# Containers and pods get this /dev/shm: Docker's 64 MB breaks DataLoader workers and NCCL.
+DEFAULT_SHM = "4g"
 
 
 # ---- the host's pip configuration --------------------------------------------------------------

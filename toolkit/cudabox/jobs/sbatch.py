@@ -18,6 +18,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal, get_args
 
 from cudabox.errors import UsageError
 from cudabox.jobs.spec import JobSpec, Rendezvous, shell_line, torchrun_argv
@@ -39,7 +40,8 @@ class Launcher(StrEnum):
 
 
 AUTO = "auto"
-LAUNCHER_CHOICES = (AUTO, *(launcher.value for launcher in Launcher))
+LauncherChoice = Literal["auto", "pyxis", "apptainer", "cudabox"]  # --launcher
+LAUNCHER_CHOICES: tuple[str, ...] = get_args(LauncherChoice)
 
 
 @dataclass(frozen=True)

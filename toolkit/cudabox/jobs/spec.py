@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from cudabox.errors import UsageError
 from cudabox.images.catalog import ImageSpec
+from cudabox.options import DEFAULT_SHM
 
 DEFAULT_RDZV_PORT = 29500
-DEFAULT_SHM = "4g"  # Docker's 64 MB /dev/shm breaks DataLoader workers and NCCL
 
 
 @dataclass(frozen=True)
