@@ -24,6 +24,7 @@ from cudabox.errors import DataError, UsageError
 from cudabox.images.catalog import ImageSpec
 from cudabox.images.labels import labels_for
 from cudabox.images.lock import lock_digest, parse_lock
+from cudabox.images.render import DEFAULT_EPOCH
 from cudabox.options import PackageSources
 from cudabox.output import read_text
 
@@ -123,8 +124,6 @@ def assemble_context(
 
 def source_date_epoch(env: Mapping[str, str] | None = None) -> int:
     """SOURCE_DATE_EPOCH when set (the reproducible-builds convention), else the fixed default."""
-    from cudabox.images.render import DEFAULT_EPOCH
-
     text = (os.environ if env is None else env).get("SOURCE_DATE_EPOCH", "").strip()
     if not text:
         return DEFAULT_EPOCH

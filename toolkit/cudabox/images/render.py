@@ -85,6 +85,8 @@ def plan_layers(
 
 
 def _mb(size: int) -> str:
+    # Not output.human_bytes: this is the committed Dockerfiles' text, which `render --check`
+    # compares byte for byte; another unit would re-render every Dockerfile for nothing.
     return f"{size / 1e6:,.0f} MB"
 
 
