@@ -701,9 +701,12 @@ def insert_init(pyproject_text: str, table: str) -> str:
     if pyproject_text.strip():
         separator += newline
     result = pyproject_text + separator + body
-    after = _loads(result, PYPROJECT)
+    try:
+        after = tomllib.loads(result)
+    except tomllib.TOMLDecodeError:
+        after = {}
     added = after.get("tool", {}).pop("cudabox", None)
-    if not after.get("tool"):
+    if not after.get("tool") and "tool" not in before:
         after.pop("tool", None)
     if added is None or after != before:
         raise DataError(
