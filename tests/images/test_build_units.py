@@ -61,6 +61,10 @@ def test_wheel_pin() -> None:
     assert wheel_pin(TORCH_CPU_WHEEL) == ("torch", "2.13.0+cpu")
     assert wheel_pin("Typing_Extensions-4.16.0-py3-none-any.whl") == ("typing-extensions", "4.16.0")
     assert wheel_pin("notes.txt") is None
+    # As pip reads wheel names (packaging): a build tag is not the version, a bad name no pin.
+    assert wheel_pin("triton-3.6.0-1-cp311-cp311-manylinux_2_28_x86_64.whl") == ("triton", "3.6.0")
+    assert wheel_pin("torch-cp311-cp311-linux_x86_64.whl") is None
+    assert wheel_pin("torch-not.a.version-cp311-cp311-linux_x86_64.whl") is None
 
 
 def _fake_wheelhouse(tmp_path: Path) -> Path:

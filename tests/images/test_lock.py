@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cudabox.errors import DataError
-from cudabox.images.catalog import load_catalog
+from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.images.lock import lock_digest, parse_lock
-from cudabox.images.locking import compile_args, header
+from cudabox.images.locking import compile_args, header, write_lock
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
 H1 = "sha256:" + "a" * 64
@@ -98,3 +100,51 @@ def test_lock_digest_changes_with_one_byte(tmp_path: Path) -> None:
     first = lock_digest(lock)
     lock.write_text("b")
     assert lock_digest(lock) != first and len(first) == 64
+
+
+def _spec_with_lock(lock: Path) -> ImageSpec:
+    return replace(load_catalog(IMAGES / "catalog.toml").get("torch-2.13-cpu"), lock=lock)
+
+
+LOCK_TEXT = f"torch==2.13.0+cpu --hash={H1}\nnumpy==2.4.6 --hash={H2}\n"
+
+
+def test_write_lock_writes_a_new_lock_whole_and_counts_its_pins(tmp_path: Path) -> None:
+    lock = tmp_path / "torch" / "lock.txt"
+    locked = write_lock(_spec_with_lock(lock), LOCK_TEXT)
+    assert lock.read_text() == LOCK_TEXT
+    assert (locked.packages, locked.changed, locked.sha256) == (2, True, lock_digest(lock))
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["lock.txt"]  # no temp left
+
+
+def test_write_lock_leaves_an_unchanged_lock_alone(tmp_path: Path) -> None:
+    lock = tmp_path / "lock.txt"
+    lock.write_text(LOCK_TEXT)
+    lock.chmod(0o644)
+    before = lock.stat()
+    assert write_lock(_spec_with_lock(lock), LOCK_TEXT).changed is False
+    assert lock.stat().st_mtime_ns == before.st_mtime_ns and lock.stat().st_ino == before.st_ino
+
+
+def test_write_lock_replaces_the_file_atomically_and_keeps_its_mode(tmp_path: Path) -> None:
+    lock = tmp_path / "lock.txt"
+    lock.write_text("old\n")
+    lock.chmod(0o640)
+    inode = lock.stat().st_ino
+    assert write_lock(_spec_with_lock(lock), LOCK_TEXT).changed is True
+    # A rename, not a rewrite in place: a build reading the old lock never sees half a file.
+    assert lock.stat().st_ino != inode
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o640
+
+
+def test_write_lock_refuses_text_it_cannot_read_back(tmp_path: Path) -> None:
+    lock = tmp_path / "lock.txt"
+    lock.write_text(LOCK_TEXT)
+    with pytest.raises(DataError, match="not pinned"):
+        write_lock(_spec_with_lock(lock), "torch>=2\n")
+    assert lock.read_text() == LOCK_TEXT  # the good lock stays
+
+
+def test_lock_names_are_pep_503_normalised() -> None:
+    pins = parse_lock(f"Typing_Extensions==4.16.0 --hash={H1}\nruamel.yaml==0.18 --hash={H2}\n")
+    assert sorted(pins) == ["ruamel-yaml", "typing-extensions"]

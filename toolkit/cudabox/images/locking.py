@@ -138,11 +138,11 @@ class Locked:
 
 def write_lock(spec: ImageSpec, text: str) -> Locked:
     """Write the lock when its text changed (atomically: a build never reads half a lock)."""
+    pins = parse_lock(text, str(spec.lock))  # a lock cudabox cannot read back is never written
     old = spec.lock.read_text() if spec.lock.is_file() else None
     if old != text:
         spec.lock.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(spec.lock, text, "lock")
-    pins = parse_lock(text, str(spec.lock))
     return Locked(
         spec.name, spec.lock, len(pins), old != text, hashlib.sha256(text.encode()).hexdigest()
     )
