@@ -20,6 +20,7 @@ class Entry:
     kind: str  # "sass" or "ptx"
     arch: int  # 80 for sm_80
     compressed: bool = False
+    compression_flag: int = 0x2000  # CUDA 13's wheels set 0x8000 instead
     payload: bytes = b"\x00" * 24
     header_size: int = 64  # newer toolkits write 72-byte entry headers; the reader must follow it
 
@@ -29,7 +30,9 @@ def fatbin(entries: Sequence[Entry]) -> bytes:
     body = b""
     for e in entries:
         payload = e.payload + b"\0" * (-len(e.payload) % 8)
-        flags = 0x11 | (0x2000 if e.compressed else 0)  # 64-bit, linux, maybe compressed
+        flags = 0x11 | (
+            e.compression_flag if e.compressed else 0
+        )  # 64-bit, linux, maybe compressed
         header = struct.pack(
             "<HHIQIIHHIIIQQQ",
             1 if e.kind == "ptx" else 2,

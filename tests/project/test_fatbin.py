@@ -19,6 +19,10 @@ from cudabox.versions import Arch
 from project.elfbuild import Entry, fatbin, shared_object
 
 TORCH_CPU_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+# NVIDIA's cuRAND for CUDA 13.0 (57 MiB), in this machine's local package index.
+CURAND_WHEEL = Path(
+    "/opt/pypi-more/files/nvidia_curand-10.4.0.35-py3-none-manylinux_2_27_x86_64.whl"
+)
 
 
 def archs(*names: str) -> tuple[Arch, ...]:
@@ -55,7 +59,12 @@ def test_the_synthetic_file_is_an_elf_readelf_reads_the_same_way(tmp_path: Path)
 
 def test_several_containers_padding_relfatbin_compression_and_long_entry_headers() -> None:
     first = fatbin([Entry("sass", 75), Entry("ptx", 75)])
-    second = fatbin([Entry("sass", 100, compressed=True, header_size=72), Entry("ptx", 120)])
+    second = fatbin(
+        [
+            Entry("sass", 100, compressed=True, header_size=72),
+            Entry("ptx", 120, compressed=True, compression_flag=0x8000),
+        ]
+    )
     # Containers sit 8-byte aligned with zero padding between them, as the linker places them.
     section = first + b"\0" * 24 + second
     relocatable = fatbin([Entry("sass", 86)])
@@ -65,7 +74,7 @@ def test_several_containers_padding_relfatbin_compression_and_long_entry_headers
     found = read_shared_object(io.BytesIO(so), "two.so")
     assert found is not None
     assert found.code == GpuCode(sass=archs("7.5", "8.6", "10.0"), ptx=archs("7.5", "12.0"))
-    assert [e.compressed for e in found.entries if e.arch == Arch(10, 0)] == [True]
+    assert [e.compressed for e in found.entries] == [False, False, True, True, False]
     assert found.cuda_runtime_majors == (13,)
 
 
@@ -185,3 +194,19 @@ def test_the_real_torch_cpu_wheel_has_no_gpu_code() -> None:
     assert "libc10.so" in by_name["torch/lib/libtorch_cpu.so"].needed
     assert found.code.empty and found.cuda_runtime_majors == ()
     assert seconds < 60, f"{seconds:.1f} s for a {TORCH_CPU_WHEEL.stat().st_size >> 20} MiB wheel"
+
+
+@pytest.mark.skipif(not CURAND_WHEEL.is_file(), reason=f"{CURAND_WHEEL} is not on this machine")
+def test_a_real_cuda_13_wheel() -> None:
+    """CUDA 13.0 builds for sm_75 and newer (it dropped Maxwell, Pascal and Volta): cuRAND carries
+    SASS for each such GPU and PTX for the newest, and links the CUDA runtime statically."""
+    found = read_wheel(CURAND_WHEEL)
+    [library] = found.with_code
+    assert library.name.endswith("nvidia/cu13/lib/libcurand.so.10")
+    assert found.code == GpuCode(
+        sass=archs("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0", "12.1"),
+        ptx=archs("12.1"),
+    )
+    assert found.cuda_runtime_majors == () and "libc.so.6" in library.needed
+    # Its PTX is compressed (flag 0x8000), its SASS is not.
+    assert {e.kind for e in library.entries if e.compressed} == {"ptx"}

@@ -8,7 +8,8 @@ An ELF64 `.so` built by nvcc carries its device code in the `.nv_fatbin` section
     entry header, 64 bytes:     u16 kind (1 PTX, 2 ELF/SASS), u16 version, u32 header size,
                                 u64 payload size, u32 compressed size, u32 (unused here),
                                 u16 minor, u16 major, u32 arch (80 for sm_80),
-                                u32 name offset, u32 name length, u64 flags (0x2000: compressed),
+                                u32 name offset, u32 name length,
+                                u64 flags (0x2000 or 0x8000: compressed),
                                 u64 (zero), u64 decompressed size
     payload:                    header size bytes after the entry's start, payload size long
 
@@ -38,7 +39,10 @@ FATBIN_MAGIC = 0xBA55ED50
 FATBIN_SECTIONS = (".nv_fatbin", "__nv_relfatbin")
 KIND_PTX = 1
 KIND_ELF = 2
-FLAG_COMPRESSED = 0x2000
+# 0x2000: compressed (the decompressor's own constant). 0x8000: observed in NVIDIA's CUDA 13
+# wheels on exactly the entries whose compressed and decompressed sizes are set (a newer
+# compression); entries with neither bit have both sizes zero.
+COMPRESSED_FLAGS = 0x2000 | 0x8000
 
 _CONTAINER = struct.Struct("<IHHQ")
 _ENTRY = struct.Struct("<HHIQIIHHIIIQQQ")
@@ -61,8 +65,12 @@ _FIX = "rebuild the file, or report it to cudabox with the wheel's name"
 @dataclass(frozen=True)
 class FatbinEntry:
     kind: str  # "sass" or "ptx"
-    arch: Arch
+    arch: Arch  # the base architecture: an sm_90a entry reads 9.0 (see flags)
     compressed: bool
+    # The entry's raw flags. In CUDA 13 wheels, bit 0x100000 marks some sm_90/sm_100 entries and
+    # 0x200000 some sm_120 ones (likely the arch- and family-specific "a"/"f" targets); bit
+    # 0x1000000 is on every sm_100+ entry. Unconfirmed without cuobjdump, so kept, not decoded.
+    flags: int = 0
 
 
 @dataclass(frozen=True)
@@ -278,7 +286,8 @@ def _fatbin_entries(reader: _Reader, start: int, size: int, section: str) -> lis
                 FatbinEntry(
                     kind="ptx" if kind == KIND_PTX else "sass",
                     arch=Arch(arch // 10, arch % 10),
-                    compressed=bool(flags & FLAG_COMPRESSED),
+                    compressed=bool(flags & COMPRESSED_FLAGS),
+                    flags=flags,
                 )
             )
             entry += entry_header + payload
