@@ -58,9 +58,11 @@ def shared_object(
     needed: Sequence[str] = (),
     sections: Sequence[tuple[str, bytes]] = (),
     filler: int = 0,
+    trailing: int = 0,
 ) -> bytes:
     """An ELF64 little-endian ET_DYN: .dynstr, .dynamic (DT_NEEDED...), the given PROGBITS
-    sections (after `filler` zero bytes, to stand for a large library), .shstrtab, the table."""
+    sections (after `filler` zero bytes, to stand for a large library), .shstrtab, then
+    `trailing` zero bytes (a section between the names and the table), then the table."""
     dynstr = b"\0"
     dynamic = b""
     for name in needed:
@@ -77,10 +79,12 @@ def shared_object(
     ]
     shstrtab = b"\0"
     name_offsets = []
-    for name, *_ in [*plan, (".shstrtab",)]:
+    for name in [*(p[0] for p in plan), ".shstrtab", ".trailing"]:
         name_offsets.append(len(shstrtab))
         shstrtab += name.encode() + b"\0"
+    names_index = len(plan) + 1  # after the null section
     plan.append((".shstrtab", _SHT_STRTAB, shstrtab, 0))
+    plan.append((".trailing", _SHT_PROGBITS, b"\0" * trailing, 0))
     out = bytearray(64 + 2 * 56)  # ELF header, then two program headers
     assert len(out) == _DYNSTR_AT
     headers = [b"\0" * 64]
@@ -107,7 +111,7 @@ def shared_object(
     out += b"".join(headers)
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + b"\0" * 8
     # e_phoff 64 and two program headers: readelf -d finds .dynamic through PT_DYNAMIC.
-    fields = (ident, 3, 62, 1, 0, 64, shoff, 0, 64, 56, 2, 64, len(headers), len(headers) - 1)
+    fields = (ident, 3, 62, 1, 0, 64, shoff, 0, 64, 56, 2, 64, len(headers), names_index)
     out[:64] = struct.pack("<16sHHIQQQIHHHHHH", *fields)
     dyn_offset, dyn_size = struct.unpack_from("<QQ", headers[2], 24)
     load = struct.pack("<IIQQQQQQ", 1, 4, 0, 0, 0, len(out), len(out), 0x1000)  # PT_LOAD

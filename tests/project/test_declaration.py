@@ -12,6 +12,7 @@ import pytest
 from cudabox.errors import DataError, ExitCode, UsageError
 from cudabox.images.catalog import load_catalog
 from cudabox.project.declaration import (
+    KNOWN_KEYS,
     Project,
     candidate_images,
     init_files,
@@ -385,3 +386,9 @@ def test_insert_refuses_an_existing_table_and_an_inline_tool() -> None:
         insert_init('[tool.cudabox]\nframework = "torch"\n', table)
     with pytest.raises(DataError, match="would change the meaning"):
         insert_init("tool = { ruff = { line-length = 1 } }\n", table)
+
+
+def test_the_docs_describe_every_key() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "project.md").read_text()
+    for key in KNOWN_KEYS:
+        assert f"| `{key}` |" in docs, key

@@ -175,6 +175,20 @@ def test_a_large_member_is_streamed_not_loaded(tmp_path: Path) -> None:
     )
 
 
+def test_names_far_from_the_section_table_are_still_found(tmp_path: Path) -> None:
+    # 1 MiB between .shstrtab and the table: the names lie outside the tail window, and reading
+    # them means going back in a compressed member (decompressing it again from its start).
+    so = shared_object(
+        ["libcudart.so.12"], [(".nv_fatbin", fatbin([Entry("sass", 89)]))], trailing=1 << 20
+    )
+    wheel = make_wheel(tmp_path / "far-1.0-py3-none-any.whl", {"far/libfar.so": so})
+    [found] = read_wheel(wheel).files
+    assert found.code == GpuCode(sass=archs("8.9")) and found.needed == ("libcudart.so.12",)
+    assert read_shared_object(io.BytesIO(so), "far.so") == read_shared_object(
+        io.BytesIO(so), "far.so", cheap_seek=False
+    )
+
+
 def test_not_a_wheel_is_a_data_error(tmp_path: Path) -> None:
     bogus = tmp_path / "x-1.0-py3-none-any.whl"
     bogus.write_bytes(b"not a zip")

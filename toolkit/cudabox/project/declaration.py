@@ -218,8 +218,10 @@ def _dynamic_dependencies(
     root: Path, path: Path, data: Mapping[str, Any]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """setuptools' `dependencies = {file = [...]}`: the requirements files it names."""
-    dynamic = data.get("tool", {}).get("setuptools", {}).get("dynamic", {}).get("dependencies")
-    files = dynamic.get("file") if isinstance(dynamic, dict) else None
+    found: Any = data
+    for key in ("tool", "setuptools", "dynamic", "dependencies"):
+        found = found.get(key) if isinstance(found, dict) else None
+    files = found.get("file") if isinstance(found, dict) else None
     if isinstance(files, str):
         files = [files]
     if not _is_str_list(files) or not files:
@@ -239,7 +241,7 @@ def _dynamic_dependencies(
 
 # ---- [tool.cudabox] -------------------------------------------------------------------------
 
-_KNOWN_KEYS = (
+KNOWN_KEYS = (
     "framework",
     "images",
     "groups",
@@ -262,10 +264,10 @@ def _settings(
     packages: FrameworkPackages,
 ) -> Settings:
     for key in raw:
-        if key not in _KNOWN_KEYS:
+        if key not in KNOWN_KEYS:
             raise DataError(
                 f"{where}: unknown key {key!r} in {prefix or 'the declaration '}".rstrip(),
-                f"known keys: {', '.join(_KNOWN_KEYS)} ({_DOCS})",
+                f"known keys: {', '.join(KNOWN_KEYS)} ({_DOCS})",
             )
 
     def typed(key: str, kind: str, check: Any, default: Any) -> Any:
