@@ -8,8 +8,8 @@ applied) and the two trees are compared: Python distributions (from `*.dist-info
 `RECORD` in any site-packages), then every other path. Images with the same layers (the same
 diff_ids in the same order) have the same filesystem by construction and are not read at all.
 
-Everything but `diff_images` and `cmd_diff` works on typed values and byte streams; those two are
-the only places that touch the engine. The JSON shape is documented in docs/diff.md.
+Everything but `diff_images` works on typed values and byte streams; it reads the engine it is
+given (cudabox.commands.diff opens it). The JSON shape is documented in docs/diff.md.
 """
 
 from __future__ import annotations
