@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from cudabox.choice import catalog_candidates
 from cudabox.cli import main
 from cudabox.doctor.fleet import (
     DRIFT_FIELDS,
@@ -29,6 +30,7 @@ from cudabox.doctor.fleet import (
 from cudabox.doctor.model import Check, DoctorReport
 from cudabox.errors import ExitCode
 from cudabox.host import HostProfile
+from cudabox.images.catalog import load_catalog
 
 REPORTS = Path(__file__).parents[1] / "fixtures" / "doctor" / "reports"
 FLEET = sorted(REPORTS.glob("*.json"))
@@ -85,7 +87,7 @@ def test_all_passing_fleet_exits_zero(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_choice_uses_the_embedded_host_profiles() -> None:
-    choice = choose(load_reports(FLEET), "torch")
+    choice = choose(load_reports(FLEET), "torch", catalog_candidates(load_catalog()))
     assert choice.every.selected is None
     assert choice.gpu_nodes is not None and choice.gpu_nodes.selected is not None
     assert choice.cpu is not None and choice.cpu.selected is not None

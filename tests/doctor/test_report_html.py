@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from cudabox.choice import catalog_candidates
 from cudabox.cli import main
 from cudabox.doctor.fleet import Measurement, choose, fleet_view, load_reports, outliers
 from cudabox.doctor.fleet_html import chart, page
 from cudabox.errors import ExitCode
+from cudabox.images.catalog import load_catalog
 from realtools import unavailable
 
 FLEET = sorted(
@@ -31,7 +33,9 @@ FAIL_RED = (0xC6, 0x28, 0x28)  # report_html._COLOUR["fail"]: its dots
 
 def _page() -> str:
     reports = load_reports(FLEET)
-    return page(reports, choose(reports, "torch"), fleet_view(reports))
+    return page(
+        reports, choose(reports, "torch", catalog_candidates(load_catalog())), fleet_view(reports)
+    )
 
 
 def test_the_page_stands_alone() -> None:

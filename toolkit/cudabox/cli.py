@@ -511,7 +511,7 @@ COMMANDS = (
     Command(
         "doctor",
         "check that training will work here: host, engine, container, framework, speed",
-        "cudabox.doctor:cmd_doctor",
+        "cudabox.commands.doctor:cmd_doctor",
         _doctor_args,
         "Validate this machine's driver/CUDA setup end to end. Levels: quick = host + engine (seconds); "
         "standard = + container, framework, performance (about two minutes); full = + a short training run. "
@@ -520,7 +520,7 @@ COMMANDS = (
     Command(
         "report",
         "combine doctor reports (one per node) into one fleet table",
-        "cudabox.doctor.fleet:cmd_report",
+        "cudabox.commands.report:cmd_report",
         _report_args,
         "Read `cudabox doctor --json FILE` reports, one per node: which node fails which check, and which image "
         "fits every node. Exit 1 when a node has a failing check, 3 when no image fits every node.",

@@ -2,12 +2,12 @@
 
 Which node fails which check, which node is slower than its peers or configured unlike them
 (outliers and drift, pure functions of the reports), and which catalog image fits every node
-(the resolver, fed with the host profiles the reports embed). report_html.py draws the page.
+(the one image choice, fed with the host profiles the reports embed). fleet_html.py draws the
+page; commands/report.py is the command.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 from collections import Counter
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cudabox.choice import Candidates, selection
 from cudabox.doctor.model import LAYERS, DoctorReport, Status, Value, worst
-from cudabox.errors import ExitCode, UsageError
-from cudabox.images.catalog import load_catalog
-from cudabox.output import check_writable, print_json, table, write_atomic
-from cudabox.resolver import Selection, select
+from cudabox.errors import UsageError
+from cudabox.output import table
+from cudabox.resolver import Selection
 
 _MARK: dict[Status, str] = {"pass": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 
@@ -492,17 +492,18 @@ class FleetChoice:
     cpu: Selection | None = None
 
 
-def choose(reports: Sequence[DoctorReport], framework: str) -> FleetChoice:
-    catalog = load_catalog()
+def choose(reports: Sequence[DoctorReport], framework: str, candidates: Candidates) -> FleetChoice:
     hosts = [r.host for r in reports]
-    every = select(catalog, hosts, framework, "auto")
+    every = selection(candidates, hosts, framework, "auto")
     if every.selected is not None:
         return FleetChoice(every)
     with_gpu = [h for h in hosts if h.visible_gpus]
     gpu_nodes = (
-        select(catalog, with_gpu, framework, "cuda") if 0 < len(with_gpu) < len(hosts) else None
+        selection(candidates, with_gpu, framework, "cuda")
+        if 0 < len(with_gpu) < len(hosts)
+        else None
     )
-    cpu = select(catalog, hosts, framework, "cpu") if with_gpu else None
+    cpu = selection(candidates, hosts, framework, "cpu") if with_gpu else None
     return FleetChoice(every, gpu_nodes, cpu)
 
 
@@ -642,31 +643,3 @@ def render(
                 )
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    html: Path | None = args.html
-    if html is not None:
-        if str(html) == "-":
-            raise UsageError(
-                "--html needs a file: standard output carries the table",
-                "name a file, e.g. --html fleet.html",
-            )
-        check_writable(html, "report page")
-    reports = load_reports(args.files)
-    framework = fleet_framework(reports, args.framework)
-    choice = choose(reports, framework)
-    view = fleet_view(reports)
-    if args.json:
-        print_json(fleet_json(reports, choice, view))
-    else:
-        print(render(reports, choice, view, args.all))
-    if html is not None:
-        from cudabox.doctor.fleet_html import page  # the page's code loads only when asked for
-
-        write_atomic(html, page(reports, choice, view), "report page")
-    if view.status == "fail" or any(c.status == "fail" for r in reports for c in r.checks):
-        return int(ExitCode.FAILED)
-    if choice.every.selected is None:
-        return int(ExitCode.NO_FIT)
-    return int(ExitCode.OK)

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from cudabox import __version__
+from cudabox.choice import Request, catalog_candidates, choose
 from cudabox.container import ContainerEngine
 from cudabox.doctor import container_layer, engine_layer, host_layer, perf, training_layer
 from cudabox.doctor.model import Check, DoctorReport, Level, Readings, Sample, XidRecord, check
-from cudabox.errors import CudaboxError, UsageError
+from cudabox.errors import CudaboxError, NoImageFits, UsageError
 from cudabox.health import GpuHealth, HostHealth
 from cudabox.host import HostProfile
 from cudabox.images.catalog import ImageSpec, load_catalog
 from cudabox.nvml import XidWatch, read_host, sample_gpus
 from cudabox.output import progress
-from cudabox.resolver import select
 
 SCRIPT_TIMEOUT = 600.0
 TRAIN_TIMEOUT = 900.0
@@ -202,22 +202,22 @@ class Doctor:
         return engine
 
     def _pick_image(self, profile: HostProfile) -> ImageSpec | None:
-        catalog = load_catalog()
-        if self.options.image != "auto":
-            return catalog.get(self.options.image)  # UsageError (exit 2) names the choices
-        selection = select(catalog, [profile], self.options.framework, "auto")
-        if selection.selected is None:
+        # A catalog name that does not exist is a UsageError (exit 2) naming the choices.
+        request = Request(self.options.framework, image=self.options.image)
+        try:
+            return choose(request, [profile], catalog_candidates(load_catalog())).image
+        except NoImageFits as exc:
             self.layer("container")
             self.observe(
                 check(
                     "container.image",
                     "container",
                     "fail",
-                    f"no {self.options.framework} image fits this host: {selection.message}",
-                    fix=selection.fix,
+                    f"no {self.options.framework} image fits this host: {exc.message}",
+                    fix=exc.fix,
                 )
             )
-        return selection.selected
+            return None
 
     def _container_layer(
         self, engine: ContainerEngine, image: ImageSpec, profile: HostProfile
