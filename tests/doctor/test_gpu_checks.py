@@ -126,8 +126,15 @@ def test_pattern_test_finds_a_flipped_bit_in_every_pattern() -> None:
 
 def test_burn_gives_throughput_and_one_checksum_for_steady_results() -> None:
     torch = pytest.importorskip("torch")
-    first = gpu_checks.burn(torch, torch.device("cpu"), 0.3, n=128, dtype=torch.float32)
-    again = gpu_checks.burn(torch, torch.device("cpu"), 0.3, n=128, dtype=torch.float32)
+    # One CPU thread: a CPU BLAS may split a product differently as the machine's load changes
+    # (another order of sums, other low bits); a GPU's cuBLAS does not, which is what burn relies on.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = gpu_checks.burn(torch, torch.device("cpu"), 0.3, n=128, dtype=torch.float32)
+        again = gpu_checks.burn(torch, torch.device("cpu"), 0.3, n=128, dtype=torch.float32)
+    finally:
+        torch.set_num_threads(threads)
     assert first["value"] > 0 and first["unit"] == "TFLOP/s"
     assert len(first["checksums"]) == 1 and first["checksums"] == again["checksums"]
 

@@ -774,7 +774,8 @@ def burn(
     elapsed = time.perf_counter() - start
     checksums.append(_checksum(a @ b))
     return {
-        "value": round(2 * n**3 * calls / elapsed / 1e12, 3),
+        # Significant figures, not decimals: a slow device's figure must not round to 0.
+        "value": float(f"{2 * n**3 * calls / elapsed / 1e12:.4g}"),
         "unit": "TFLOP/s",
         "seconds": round(elapsed, 1),
         "checksums": sorted(set(checksums)),
