@@ -159,6 +159,12 @@ def test_wrong_values_name_key_value_and_expectation(
     expect_data_error(tmp_path, *fragments)
 
 
+def test_images_entries_are_spelled_as_the_target_grammar_spells_them(tmp_path: Path) -> None:
+    text = '[tool.cudabox]\nframework = "tensorflow"\nimages = ["tf:gpu", "tensorflow:cuda", "tf-2.21-cpu"]\n'
+    project = load_project(write(tmp_path, {"pyproject.toml": text}))
+    assert project.settings.images == ("tensorflow:cuda", "tf-2.21-cpu")
+
+
 def test_a_framework_that_contradicts_the_dependencies(tmp_path: Path) -> None:
     text = (
         '[project]\nname = "p"\ndependencies = ["keras>=3"]\n[tool.cudabox]\nframework = "torch"\n'
@@ -314,6 +320,11 @@ def test_candidate_images_against_the_real_catalog(tmp_path: Path) -> None:
     assert candidates("[]") == torch and len(torch) >= 2
     cpu = tuple(i.name for i in catalog.for_framework("torch") if i.flavor == "cpu")
     assert candidates('["torch:cpu"]') == cpu
+    assert candidates('["pytorch:cpu", "torch:cpu"]') == cpu  # the target grammar's spellings
+    cuda = tuple(i.name for i in catalog.for_framework("torch") if i.flavor == "cuda")
+    assert (
+        len(cuda) >= 2 and candidates('["torch:gpu"]') == cuda
+    )  # every CUDA image, not the newest
     assert candidates(f'["{torch[-1]}", "{torch[0]}"]') == (torch[0], torch[-1])  # catalog order
     with pytest.raises(
         DataError, match=re.escape("'torch-9.9-cu999', which the catalog does not have")

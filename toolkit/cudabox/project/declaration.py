@@ -20,6 +20,7 @@ from packaging.utils import canonicalize_name
 
 from cudabox.errors import DataError, UsageError
 from cudabox.images.catalog import FLAVORS, FRAMEWORKS, Catalog, ImageSpec
+from cudabox.images.targets import FLAVOR_ALIASES, FRAMEWORK_ALIASES
 from cudabox.output import read_text
 from cudabox.project.framework_packages import FrameworkPackages, load_framework_packages
 
@@ -302,9 +303,12 @@ def _settings(
     chosen += [r for n, rs in groups if n in chosen_groups for r in rs]
     framework, inferred = _framework(raw.get("framework"), where, prefix, chosen, packages)
 
-    images = tuple(typed("images", "a list of strings", _is_str_list, []))
-    for image in images:
-        _check_image_entry(image, framework, where, prefix)
+    images = tuple(
+        dict.fromkeys(
+            _image_entry(image, framework, where, prefix)
+            for image in typed("images", "a list of strings", _is_str_list, [])
+        )
+    )
     env_raw = typed("env", "a table of text values", _is_str_table, {})
     for name in env_raw:
         _check_env_name(name, where, prefix)
@@ -373,20 +377,24 @@ def _framework(
     )
 
 
-def _check_image_entry(entry: str, framework: str, where: str, prefix: str) -> None:
+def _image_entry(entry: str, framework: str, where: str, prefix: str) -> str:
+    """An `images` entry in canonical form: a catalog image name, or FRAMEWORK:FLAVOR spelled
+    as the one target grammar spells it (tf:gpu -> tensorflow:cuda)."""
     if ":" in entry:
         kind, _, flavor = entry.partition(":")
-        if kind != framework or flavor not in FLAVORS:
+        if FRAMEWORK_ALIASES.get(kind) != framework or flavor not in FLAVOR_ALIASES:
             raise DataError(
                 f"{where}: {prefix}images entry {entry!r} is not {framework}:FLAVOR "
                 f"(FLAVOR one of {', '.join(FLAVORS)})",
                 f"name catalog images (`cudabox list`) or {framework}:cuda / {framework}:cpu",
             )
-    elif not _IMAGE_NAME_RE.match(entry):
+        return f"{framework}:{FLAVOR_ALIASES[flavor]}"
+    if not _IMAGE_NAME_RE.match(entry):
         raise DataError(
             f"{where}: {prefix}images entry {entry!r} is not a catalog image name",
             "name catalog images as `cudabox list` shows them, such as torch-2.15-cu132",
         )
+    return entry
 
 
 def _check_env_name(name: str, where: str, prefix: str) -> None:
@@ -592,7 +600,10 @@ def _folder_name(root: Path) -> str:
 
 
 def candidate_images(project: Project, catalog: Catalog) -> tuple[ImageSpec, ...]:
-    """The catalog images `images` allows (default: all of the framework), catalog order."""
+    """The catalog images `images` allows (default: all of the framework), catalog order.
+
+    Unlike a build target, FRAMEWORK:FLAVOR here is every image of that kind, not the newest:
+    the project is locked for each, and the resolver picks among them per host."""
     own = catalog.for_framework(project.framework)
     entries = project.settings.images
     if not entries:
