@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -172,7 +172,10 @@ def _from_pyproject(
         name = _folder_name(root)
     dynamic = meta.get("dynamic", [])
     if not _is_str_list(dynamic):
-        raise DataError(f"{where}: [project] dynamic must be a list of strings, got {dynamic!r}")
+        raise DataError(
+            f"{where}: [project] dynamic must be a list of strings, got {dynamic!r}",
+            'write it as dynamic = ["version"] (PEP 621)',
+        )
     indexes: tuple[str, ...] = ()
     if "dependencies" in dynamic:
         deps, indexes = _dynamic_dependencies(root, path, data)
@@ -184,7 +187,8 @@ def _from_pyproject(
     optional_raw = meta.get("optional-dependencies", {})
     if not isinstance(optional_raw, dict):
         raise DataError(
-            f"{where}: [project.optional-dependencies] must be a table of lists, got {optional_raw!r}"
+            f"{where}: [project.optional-dependencies] must be a table of lists, got {optional_raw!r}",
+            'write each extra as NAME = ["requirement", ...] (PEP 621)',
         )
     optional = tuple(
         (str(extra), _requirement_list(reqs, where, f"[project.optional-dependencies] {extra}"))
@@ -271,7 +275,7 @@ def _settings(
                 f"known keys: {', '.join(KNOWN_KEYS)} ({_DOCS})",
             )
 
-    def typed(key: str, kind: str, check: Any, default: Any) -> Any:
+    def typed(key: str, kind: str, check: Callable[[Any], bool], default: Any) -> Any:
         if key not in raw:
             return default
         value = raw[key]
@@ -429,7 +433,10 @@ def _replace_indexes(settings: Settings, indexes: Sequence[str]) -> Settings:
 def resolve_groups(raw: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """[dependency-groups] with every {include-group = ...} expanded, in declaration order."""
     if not isinstance(raw, dict):
-        raise DataError(f"{where}: [dependency-groups] must be a table of lists, got {raw!r}")
+        raise DataError(
+            f"{where}: [dependency-groups] must be a table of lists, got {raw!r}",
+            'write each group as NAME = ["requirement", ...] (PEP 735)',
+        )
     by_name: dict[str, tuple[str, list[Any]]] = {}
     for name, items in raw.items():
         key = canonicalize_name(name)
@@ -439,7 +446,10 @@ def resolve_groups(raw: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], .
                 "PEP 735 compares group names normalised; rename one",
             )
         if not isinstance(items, list):
-            raise DataError(f"{where}: dependency group {name!r} must be a list, got {items!r}")
+            raise DataError(
+                f"{where}: dependency group {name!r} must be a list, got {items!r}",
+                f'write it as {name} = ["requirement", ...] (PEP 735)',
+            )
         by_name[key] = (name, items)
 
     def expand(key: str, trail: tuple[str, ...]) -> list[str]:
