@@ -357,6 +357,19 @@ def test_init_proposes_a_table_that_loads(tmp_path: Path) -> None:
     assert not project.settings.framework_inferred and not project.settings.bake
 
 
+def test_init_for_a_requirements_folder_writes_a_cudabox_toml_that_loads(tmp_path: Path) -> None:
+    write(tmp_path, {"requirements.txt": "torchmetrics==1.5.0\n", "main.py": ""})
+    text = render_init(init_files(tmp_path), standalone=True)
+    assert "[tool.cudabox]" not in text
+    (tmp_path / "cudabox.toml").write_text(text)
+    project = load_project(tmp_path)
+    # The settings come from cudabox.toml, the dependencies still from requirements.txt.
+    assert project.source == tmp_path / "cudabox.toml"
+    assert project.dependencies == ("torchmetrics==1.5.0",)
+    assert project.settings.command == ("python", "main.py")
+    assert project.settings.framework == "torch" and not project.settings.framework_inferred
+
+
 def test_init_needs_a_framework_it_cannot_infer() -> None:
     files = {"requirements.txt": "transformers\n"}
     with pytest.raises(DataError, match="cannot choose") as caught:

@@ -212,10 +212,17 @@ def _from_cudabox_toml(
             f"{where}: 'name' must be a project name (letters, digits, '.', '_', '-'), got {name!r}",
             _DOCS,
         )
-    deps = _requirement_list(own.get("dependencies", []), where, "'dependencies'")
+    indexes: tuple[str, ...] = ()
+    if "dependencies" not in own and (root / REQUIREMENTS).is_file():
+        # Settings here, dependencies where the repo already keeps them.
+        deps, indexes = parse_requirements_file(root / REQUIREMENTS, root)
+    else:
+        deps = _requirement_list(own.get("dependencies", []), where, "'dependencies'")
     groups = resolve_groups(own.get("dependency-groups", {}), where)
     rest = {k: v for k, v in data.items() if k not in own}
     settings = _settings(rest, where, "", deps, (), groups, packages)
+    if indexes:
+        settings = _replace_indexes(settings, indexes)
     return Project(root, name, path, deps, (), groups, settings)
 
 
@@ -658,8 +665,10 @@ def render_init(
     files: Mapping[str, str],
     framework: Framework | None = None,
     packages: FrameworkPackages | None = None,
+    standalone: bool = False,
 ) -> str:
-    """The text of a starting [tool.cudabox] table for a folder's files (name -> text)."""
+    """The text of a starting [tool.cudabox] table for a folder's files (name -> text); with
+    `standalone`, the same keys at top level, as the text of a new cudabox.toml."""
     packages = packages or load_framework_packages()
     deps: list[str] = []
     groups: list[str] = []
@@ -689,7 +698,7 @@ def render_init(
         reason = f"  # from the dependencies: {', '.join(dict.fromkeys(names))}"
     training = [g for g in groups if canonicalize_name(g) not in _TOOLING_GROUPS]
     lines = [
-        "[tool.cudabox]",
+        *([] if standalone else ["[tool.cudabox]"]),
         "# How cudabox builds this project's image on each catalog image: docs/project.md.",
         f'framework = "{framework}"{reason}',
         f'# images = ["{framework}:cuda"]  # default: every catalog image of the framework',
