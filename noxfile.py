@@ -168,13 +168,14 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff, mypy --strict, rendered Dockerfiles current, hadolint, actionlint."""
+    """ruff, mypy --strict, the import layers, rendered Dockerfiles current, hadolint, actionlint."""
     _install(session, dev=True)
     checked = ("toolkit", "tests", "noxfile.py", "benchmarks", "scripts/gpu-evidence")
     session.run("ruff", "check", *checked)
     session.run("ruff", "format", "--check", *checked)
     session.run("mypy")
     session.run("mypy", "scripts/gpu-evidence")
+    session.run("lint-imports")  # the layers in pyproject.toml; ARCHITECTURE.md explains them
     session.run("cudabox", "render", "--check")
     dockerfiles = sorted(str(p) for p in ROOT.glob("images/*/*/Dockerfile"))
     session.run("hadolint", "--config", "images/hadolint.yaml", *dockerfiles)

@@ -17,6 +17,7 @@ import shutil
 import tarfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,7 @@ from cudabox.container import (
     rlimit_refusal,
 )
 from cudabox.errors import (
+    AuthError,
     BuildError,
     CudaboxError,
     DiskFull,
@@ -931,12 +933,9 @@ def registry_credentials(registry: str) -> tuple[str, str] | None:
     credential stores and helpers included), so `docker login` is all a user does. An identity
     token comes back as Docker's own pair ("<token>", TOKEN). Used by cudabox.registry.
     """
-    import warnings
-
+    # Only a registry command reads the Docker login; the rest of the SDK is loaded above.
     import docker.auth
     import docker.utils.config
-
-    from cudabox.errors import AuthError
 
     try:
         with warnings.catch_warnings():

@@ -106,7 +106,7 @@ def pynvml_owners() -> list[str]:
     origin = Path(spec.origin)
     if origin.name != "__init__.py":
         return ["nvidia-ml-py"]
-    from importlib import metadata
+    from importlib import metadata  # only on this error path: it costs start-up time
 
     try:
         owners = metadata.packages_distributions().get("pynvml", [])
@@ -121,7 +121,7 @@ def require_driver_library() -> None:
     What nvmlInit would find first, found without importing the binding (a 6,000-line module
     that costs more than the rest of `cudabox probe` on a host without a GPU).
     """
-    import ctypes
+    import ctypes  # start-up: only when the probe looks for the driver library
 
     try:
         ctypes.CDLL("libnvidia-ml.so.1")

@@ -77,7 +77,7 @@ def _unquote(text: str) -> str:
 def _local_folder(location: str) -> Path | None:
     """A find-links entry as a local folder, or None (a remote URL, or not a folder)."""
     if "://" in location:
-        from urllib.parse import unquote, urlparse
+        from urllib.parse import unquote, urlparse  # start-up: options loads for every command
 
         parsed = urlparse(location)
         if parsed.scheme != "file":
@@ -89,7 +89,7 @@ def _local_folder(location: str) -> Path | None:
 
 def read_pip_config(python: str = sys.executable) -> PipConfig:
     """The host pip's settings; an unreadable configuration counts as none."""
-    import subprocess
+    import subprocess  # start-up: options loads for every command; pip is asked only here
 
     try:
         listing = subprocess.run(
@@ -150,7 +150,7 @@ class PackageSources:
             )
         index = sources.index_url
         # pip and uv also read a local folder laid out as an index.
-        from urllib.parse import urlparse
+        from urllib.parse import urlparse  # start-up: options loads for every command
 
         url = index is not None and urlparse(index).scheme in ("http", "https", "file")
         if index and not url and not Path(index).is_dir():
@@ -247,7 +247,7 @@ def parse_ulimit(item: str) -> Ulimit:
             f"--ulimit {item!r}: the soft limit is above the hard limit",
             f"make SOFT <= HARD, e.g. --ulimit {name}={hard}:{hard}",
         )
-    from cudabox.container import Ulimit
+    from cudabox.container import Ulimit  # start-up: options loads for every command
 
     return Ulimit(name, soft, hard)
 

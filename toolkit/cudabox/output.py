@@ -261,7 +261,7 @@ def write_atomic(path: Path, text: str, what: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    import tempfile
+    import tempfile  # start-up: output loads for every command, files are written rarely
 
     target = _resolve(path, what)
     try:

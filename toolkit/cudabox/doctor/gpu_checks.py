@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import importlib
 import json
 import math
 import os
 import platform
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +105,7 @@ def torch_checks(
     measurements: list[dict[str, Any]] = []
     start = time.perf_counter()
     try:
+        # The image holds one framework: import the one asked for, when asked.
         import torch as torch_module
     except Exception as exc:
         checks.append(
@@ -622,8 +626,6 @@ def nccl_busbw(torch: Any, count: int, size: int, backend: str) -> dict[str, Any
             "error": f"{count} GPU: an all-reduce bus bandwidth needs two or more",
             "unsupported": True,
         }
-    import tempfile
-
     mp: Any = importlib.import_module("torch.multiprocessing")
     with tempfile.TemporaryDirectory(prefix="cudabox-nccl-") as tmp:
         out = Path(tmp) / "rank0.json"
@@ -641,6 +643,7 @@ def nccl_busbw(torch: Any, count: int, size: int, backend: str) -> dict[str, Any
 
 
 def _allreduce_rank(rank: int, world: int, size: int, backend: str, tmp: str, out: Path) -> None:
+    # A fresh process per rank: it imports torch itself (the framework is imported when asked).
     import torch
     import torch.distributed as dist
 
@@ -785,8 +788,6 @@ def burn(
 
 def _checksum(t: Any) -> str:
     """A digest of the tensor's bits (two results equal bit for bit digest alike)."""
-    import hashlib
-
     data = t.detach().contiguous().view(-1).view(dtype=_int_view(t))
     try:
         return hashlib.sha256(data.cpu().numpy().tobytes()).hexdigest()[:16]
@@ -796,15 +797,13 @@ def _checksum(t: Any) -> str:
 
 
 def _int_view(t: Any) -> Any:
-    import torch
+    import torch  # only called where torch runs (the framework is imported when asked)
 
     return {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
 
 
 def burn_gpus(torch: Any, count: int, seconds: float) -> list[dict[str, Any]]:
     """The burn on every GPU at once (a real job heats the whole node), one thread per GPU."""
-    import threading
-
     found: list[dict[str, Any]] = [{} for _ in range(count)]
 
     def one(index: int) -> None:
@@ -836,6 +835,7 @@ def tensorflow_checks(perf: bool, perf_seconds: float) -> dict[str, Any]:
     checks: list[dict[str, Any]] = []
     start = time.perf_counter()
     try:
+        # The image holds one framework: import the one asked for, when asked.
         import numpy as np
         import tensorflow as tf
     except Exception as exc:

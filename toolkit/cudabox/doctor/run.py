@@ -187,6 +187,7 @@ class Doctor:
             if self.env.connect is not None:
                 engine = self.env.connect()
             else:
+                # The Docker SDK loads only for a level that needs an engine (never for --replay).
                 from cudabox.engine import Engine
 
                 engine = Engine.connect(read_timeout=ENGINE_TIMEOUT)
