@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from cudabox.container import ImageInfo
-from cudabox.errors import DataError
+from cudabox.errors import DataError, UsageError
 from cudabox.images.build import BuildResult
 from cudabox.images.catalog import load_catalog
+from cudabox.images.context import BuildOptions
 from cudabox.images.labels import OCI, BuiltOn
 from cudabox.images.lock import lock_digest
 from cudabox.images.record import (
@@ -25,6 +26,7 @@ from cudabox.images.record import (
     write_record,
 )
 from cudabox.images.verify import VerifyResult, find_base
+from cudabox.images.verifying import VerifyOptions, previous_record
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
 CATALOG = load_catalog(IMAGES / "catalog.toml")
@@ -313,3 +315,18 @@ def test_the_base_is_the_labelled_one_not_whatever_has_its_name_now() -> None:
 def test_a_base_whose_layers_are_not_the_bottom_of_the_image_is_not_its_base() -> None:
     impostor = _info(BASE_ID, (digest(5),))  # same id claimed, other layers: never the base
     assert find_base(_Images(((BOOTSTRAP,), impostor)), _labelled(BOOTSTRAP, BASE_ID))[1] is None
+
+
+def test_verify_reads_the_record_it_replaces_and_refuses_an_unwritable_one_first(
+    tmp_path: Path,
+) -> None:
+    options = VerifyOptions(BuildOptions(), record=tmp_path / "record.json")
+    spec = CATALOG.get("torch-2.13-cpu")
+    write_record(tmp_path / "record.json", {"x": record_entry(spec, _result("x"), None, None)})
+    assert list(previous_record(IMAGES, options)) == ["x"]
+    # No --record: the catalog's own record is the reference.
+    assert previous_record(IMAGES, VerifyOptions(BuildOptions())) == read_record(
+        IMAGES / "verified.json"
+    )
+    with pytest.raises(UsageError, match="does not exist"):
+        previous_record(IMAGES, VerifyOptions(BuildOptions(), record=tmp_path / "no" / "r.json"))
