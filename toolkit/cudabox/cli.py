@@ -514,7 +514,8 @@ COMMANDS = (
         "cudabox.commands.doctor:cmd_doctor",
         _doctor_args,
         "Validate this machine's driver/CUDA setup end to end. Levels: quick = host + engine (seconds); "
-        "standard = + container, framework, performance (about two minutes); full = + a short training run. "
+        "standard = + container, framework, performance, copies, P2P, NCCL (about two minutes); full = + a "
+        "memory pattern test, a bf16 burn under NVML sampling and a short training run. "
         "Exit 0 all pass (warnings too, unless --strict), 1 a check failed, 2 usage error, 4 could not run.",
     ),
     Command(
@@ -523,7 +524,9 @@ COMMANDS = (
         "cudabox.commands.report:cmd_report",
         _report_args,
         "Read `cudabox doctor --json FILE` reports, one per node: which node fails which check, and which image "
-        "fits every node. Exit 1 when a node has a failing check, 3 when no image fits every node.",
+        "fits every node, and which node is slower than its peers (per metric and GPU model) or configured "
+        "unlike them (driver, VBIOS, ECC, power limit, GPU count). Exit 1 when a node has a failing check or "
+        "finding, 3 when no image fits every node.",
     ),
 )
 
