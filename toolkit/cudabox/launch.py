@@ -33,7 +33,7 @@ from cudabox.container import (
 from cudabox.errors import Unavailable, UsageError
 from cudabox.images.catalog import ImageSpec
 from cudabox.jobs.spec import Rendezvous, torchrun_argv
-from cudabox.options import DEFAULT_SHM, absolute, current_directory
+from cudabox.options import DEFAULT_SHM, PackageSources, absolute, current_directory
 from cudabox.output import progress
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ def workspace_from(named: Path | None) -> Path:
 def ensure_image(engine: Engine, spec: ImageSpec, build_missing: bool) -> None:
     """Pull a registry image by digest, or build a catalog image the engine lacks."""
     if "@" in spec.tag:
+        # Imported here, as the build below: a run of an image the engine has loads neither.
         from cudabox.images.publish import pull_judged
 
         pull_judged(engine, spec)
@@ -162,15 +163,14 @@ def ensure_image(engine: Engine, spec: ImageSpec, build_missing: bool) -> None:
             f"image {spec.tag} is not built",
             f"build it with `cudabox build {spec.name}` (or drop --no-build)",
         )
-    from cudabox.images.build import build_and_verify
-    from cudabox.options import PackageSources
+    from cudabox.images.build import build_and_verify  # the build machinery: see the pull
 
     progress(f"cudabox: {spec.tag} is missing; building it (`cudabox build {spec.name}`)")
     build_and_verify(engine, spec, PackageSources.resolve())
 
 
 def _warn_if_stale(spec: ImageSpec, labels: dict[str, str]) -> None:
-    from cudabox.images.lock import lock_digest
+    from cudabox.images.lock import lock_digest  # the locking machinery: only for this check
 
     built = labels.get("cudabox.lock_sha256")
     if built and spec.lock.is_file() and lock_digest(spec.lock) != built:
