@@ -10,11 +10,14 @@ import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cudabox.errors import UsageError
 from cudabox.targets import Job, Outcome, Target
 from cudabox.workloads import module_for
+
+if TYPE_CHECKING:
+    from cudabox.launch import LaunchOptions
 
 
 @dataclass(frozen=True)
@@ -55,21 +58,20 @@ def output_folder(folder: Path, dry_run: bool) -> None:
         ) from None
 
 
-def train(target: Target, job: Job, options: TrainOptions) -> Outcome:
+def train(target: Target, launch: LaunchOptions, options: TrainOptions) -> Outcome:
     """Run the framework's smoke workload on `target`, writing to --out as the target sees it."""
-    module = module_for(job.framework)
+    module = module_for(launch.framework)
     program = ("python", "-m", module, "--out", target.out_dir(options.out), *options.workload)
-    return target.run(
-        Job(
-            job.framework,
-            program,
-            job.launch,
-            out=options.out if target.name in ("local", "slurm") else None,
-            require_gpu=options.require_gpu,
-            workload=True,
-            to_stderr=options.json,
-        )
+    job = Job(
+        launch.framework,
+        program,
+        launch,
+        out=options.out,
+        require_gpu=options.require_gpu,
+        workload=True,
+        to_stderr=options.json,
     )
+    return target.run(job)
 
 
 def summary(out: Path, outcome: Outcome) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from cudabox.commands._launch import chosen_target, launch_options, opened_targe
 from cudabox.errors import ExitCode
 from cudabox.options import absolute, current_directory
 from cudabox.output import print_json, table
-from cudabox.targets import Job
 from cudabox.train import TrainOptions, output_folder, summary, train, workload_options
 
 
@@ -25,7 +24,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         workload=workload_options(tuple(args.rest), args.require_gpu, args.cpu),
     )
     with opened_target(target, args, launch, require_gpu=args.require_gpu) as opened:
-        outcome = train(opened, Job(launch.framework, (), launch), options)
+        outcome = train(opened, launch, options)
     if outcome.code is None or not outcome.finished:
         return ExitCode.OK if outcome.code is None else outcome.code
     result = summary(out, outcome)

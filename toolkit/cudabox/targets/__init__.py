@@ -128,7 +128,9 @@ class Job:
     framework: str
     program: tuple[str, ...]  # the command, before torchrun wraps it for several processes
     launch: LaunchOptions
-    out: Path | None = None  # the host folder the program writes to (train --out)
+    # The host folder the program writes to (train --out): mounted by the local target, a shared
+    # folder for Slurm; Kubernetes pods and this Python are told their own (Target.out_dir).
+    out: Path | None = None
     require_gpu: bool = False  # refuse at once where no GPU is visible
     workload: bool = False  # the framework's own workload: the image must be of that framework
     to_stderr: bool = False  # our stdout is kept for a --json summary
