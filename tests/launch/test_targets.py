@@ -141,3 +141,37 @@ def test_every_option_given_is_seen(tmp_path: Path) -> None:
     words = [w if w != "auto" else "pyxis" for w in words]
     words[words.index("--k8s-kind") + 1] = "jobset"
     assert sorted(given_options(parse(words))) == sorted(TAKEN_BY)
+
+
+def test_the_workload_runs_only_in_an_image_of_its_framework(tmp_path: Path) -> None:
+    # A named catalog image needs no engine to be judged: the dry run refuses before printing.
+    result = cudabox(
+        "train", "torch", "--image", "tf-2.21-cpu", "--dry-run", "--out", "o", cwd=tmp_path
+    )
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert "--image tf-2.21-cpu is a tensorflow image" in result.stderr
+    assert result.stdout == ""
+
+
+def test_an_option_a_target_takes_reaches_it(tmp_path: Path) -> None:
+    """The same options, on the target that takes them, run (as dry runs, without an engine)."""
+    local = cudabox("run", "--cpu", "--gpus-per-node", "0", "--dry-run", "--", "true", cwd=tmp_path)
+    assert local.returncode == ExitCode.USAGE  # a cluster option, on the local target
+    slurm = cudabox(
+        "run",
+        "--cpu",
+        "--scheduler",
+        "slurm",
+        "--nodes",
+        "2",
+        "--partition",
+        "gpu",
+        "--launcher",
+        "cudabox",
+        "--dry-run",
+        "--",
+        "true",
+        cwd=tmp_path,
+    )
+    assert slurm.returncode == 0, slurm.stderr
+    assert "#SBATCH --partition=gpu" in slurm.stdout and "#SBATCH --nodes=2" in slurm.stdout

@@ -64,7 +64,9 @@ def given_options(args: argparse.Namespace) -> list[str]:
     for flag in TAKEN_BY:
         dest = flag.lstrip("-").replace("-", "_")
         value = getattr(args, dest, None)
-        if value != _NOT_EMPTY_DEFAULTS.get(dest) and value not in (None, False, []):
+        # `is`, not `in (None, False)`: 0 == False, and `--gpus-per-node 0` is an option given.
+        empty = value is None or value is False or value == []
+        if not empty and value != _NOT_EMPTY_DEFAULTS.get(dest):
             given.append(flag)
     return given
 
