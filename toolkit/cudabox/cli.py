@@ -90,6 +90,7 @@ def _registry_args(parser: argparse.ArgumentParser) -> None:
 
 def _select_args(parser: argparse.ArgumentParser) -> None:
     _selection_args(parser)
+    _project_arg(parser)
     parser.add_argument(
         "--local",
         action="store_true",
@@ -134,24 +135,93 @@ def _source_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _project_arg(parser: argparse._ActionsContainer, ignore: bool = True) -> None:
+    """Which project: the current folder when it declares one, DIR, or (with ignore) none."""
+    parser.add_argument(
+        "--project",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="the project folder (default: the current one when it has cudabox.lock, "
+        "cudabox.toml or [tool.cudabox]); docs/project.md",
+    )
+    if ignore:
+        parser.add_argument(
+            "--no-project",
+            action="store_true",
+            help="use the catalog images even in a project folder",
+        )
+
+
 def _lock_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "targets", nargs="*", metavar="TARGET", help=BUILD_TARGETS_HELP + " (default: all)"
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help=BUILD_TARGETS_HELP
+        + " (default: in a project folder, the project against each of its images; else all)",
+    )
+    _project_arg(parser, ignore=False)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="project: change nothing; exit 6 when cudabox.lock is not current",
+    )
+    parser.add_argument(
+        "--upgrade", action="store_true", help="project: newest versions, not the locked ones"
+    )
+    parser.add_argument(
+        "--upgrade-package",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="project: the newest version of NAME only (repeatable)",
     )
     _source_args(parser)
     _json_flag(parser)
 
 
-def _build_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("targets", nargs="+", metavar="TARGET", help=BUILD_TARGETS_HELP)
+def _build_common(parser: argparse.ArgumentParser, nargs: str = "+") -> None:
+    parser.add_argument("targets", nargs=nargs, metavar="TARGET", help=BUILD_TARGETS_HELP)
     _source_args(parser)
     parser.add_argument("--no-cache", action="store_true", help="build every step afresh")
     _json_flag(parser)
 
 
 def _build_args(parser: argparse.ArgumentParser) -> None:
-    _build_common(parser)
+    _build_common(parser, nargs="*")
     parser.add_argument("--no-verify", action="store_true", help="skip the proof-of-contents check")
+    group = parser.add_argument_group("a project (no TARGET, in a project folder)")
+    _project_arg(group)
+    group.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="build the project on this catalog image only (repeatable; default: the one that "
+        "fits this host)",
+    )
+    group.add_argument(
+        "--all-images",
+        action="store_true",
+        help="build the project on every image of its lock",
+    )
+    group.add_argument(
+        "--bake",
+        action="store_true",
+        default=None,
+        help="copy the code into the image (default: [tool.cudabox] bake)",
+    )
+
+
+def _init_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--project", type=Path, metavar="DIR", default=None, help="the folder (default: here)"
+    )
+    parser.add_argument("--framework", choices=FRAMEWORKS, default=None)
+    parser.add_argument(
+        "--print", action="store_true", help="print the settings instead of writing them"
+    )
 
 
 def _verify_args(parser: argparse.ArgumentParser) -> None:
@@ -209,8 +279,14 @@ def _diff_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _publish_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("targets", nargs="+", metavar="TARGET", help=BUILD_TARGETS_HELP)
+    parser.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help=BUILD_TARGETS_HELP + " (none in a project folder: the project's images)",
+    )
     _registry_args(parser)
+    _project_arg(parser)
     _source_args(parser)
     _json_flag(parser, "print the pushed references and digests as JSON")
 
@@ -225,11 +301,23 @@ def _pull_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     parser.add_argument("--flavor", choices=("auto", "cuda", "cpu"), default="auto")
     _registry_args(parser)
+    _project_arg(parser)
     _json_flag(parser)
 
 
 def _container_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", default="auto", help="a catalog image name, or auto (default)")
+    parser.add_argument(
+        "--image",
+        default="auto",
+        help="a catalog image name, an image reference, or auto (default); a named image must "
+        "fit this host too",
+    )
+    parser.add_argument(
+        "--skip-fit-check",
+        action="store_true",
+        help="run the --image named even where it does not fit this host (said on stderr)",
+    )
+    _project_arg(parser)
     parser.add_argument(
         "--gpus",
         default=None,
@@ -443,8 +531,14 @@ COMMANDS = (
         _base_args,
     ),
     Command(
+        "init",
+        "write a starting [tool.cudabox] (or cudabox.toml) for a training project",
+        "cudabox.commands.init:cmd_init",
+        _init_args,
+    ),
+    Command(
         "lock",
-        "regenerate the hash-locked requirements of catalog images",
+        "lock a project against each of its images, or regenerate catalog images' locks",
         "cudabox.commands.lock:cmd_lock",
         _lock_args,
     ),
@@ -456,7 +550,7 @@ COMMANDS = (
     ),
     Command(
         "build",
-        "build catalog images and check what is inside them",
+        "build catalog images, or a project's image, and check what is inside them",
         "cudabox.commands.build:cmd_build",
         _build_args,
     ),
