@@ -45,6 +45,18 @@ _KEYS_FIX = "correct the catalog entry; the comments at the top of images/catalo
 
 
 @dataclass(frozen=True)
+class Extension:
+    """A compiled extension a project image adds (from cudabox.lock, or the image's labels):
+    the resolver requires its GPU code to run on every GPU, as it does the framework's."""
+
+    name: str  # its distribution, normalised
+    version: str
+    sass_archs: tuple[Arch, ...] = ()
+    ptx_archs: tuple[Arch, ...] = ()
+    cuda_runtime: tuple[int, ...] = ()  # the CUDA runtime majors it links
+
+
+@dataclass(frozen=True)
 class ImageSpec:
     name: str
     framework: str
@@ -67,6 +79,10 @@ class ImageSpec:
     forward_compat: bool = False
     index_url: str | None = None
     tag: str = field(default="", compare=False)
+    # A project image: the project's name, its catalog image, and its compiled extensions.
+    project: str | None = None
+    base_name: str | None = None
+    extensions: tuple[Extension, ...] = ()
 
     @property
     def is_cuda(self) -> bool:
