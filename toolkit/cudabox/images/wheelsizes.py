@@ -32,7 +32,7 @@ import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urljoin, urlparse
@@ -169,6 +169,31 @@ def wheel_rank(filename: str, target: Target = IMAGE_TARGET) -> int | None:
 class ZipListing:
     files: int  # entries that are files (directories left out)
     installed_bytes: int  # the sum of their uncompressed sizes
+    # Top-level import names (top_level_modules of the file names); not part of the sizes' equality.
+    modules: tuple[str, ...] = field(default=(), compare=False)
+
+
+# A top-level entry is importable when it is a module file or a folder holding one.
+_MODULE_FILE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\.[A-Za-z0-9_.-]+)?\.(?:py|so|pyd)$")
+_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def top_level_modules(names: Iterable[str]) -> tuple[str, ...]:
+    """The top-level import names a wheel installs, from its file names (sorted).
+
+    `pkg/__init__.py` and `pkg/sub/x.so` give `pkg`; `mod.py` and `mod.cpython-311-...so` give
+    `mod`; `*.dist-info`, `*.data` and folders without Python or extension files give nothing.
+    """
+    found: set[str] = set()
+    for name in names:
+        head, _, rest = name.partition("/")
+        if rest:
+            if _IDENTIFIER_RE.match(head) and re.search(r"\.(?:py|so|pyd)$|\.so\.", rest):
+                found.add(head)
+        elif (match := _MODULE_FILE_RE.match(head)) is not None:
+            found.add(match[1])
+    found.discard("__pycache__")
+    return tuple(sorted(found))
 
 
 @dataclass(frozen=True)
@@ -220,6 +245,7 @@ def parse_central_directory(data: bytes, entries: int, what: str) -> ZipListing:
     pos = 0
     files = 0
     total = 0
+    names: list[str] = []
     for _ in range(entries):
         if data[pos : pos + 4] != _CENTRAL_SIG or pos + _CENTRAL.size > len(data):
             raise DataError(f"{what}: central directory entry {files} is damaged")
@@ -228,13 +254,15 @@ def parse_central_directory(data: bytes, entries: int, what: str) -> ZipListing:
         name_end = pos + _CENTRAL.size + name_len
         if usize == 0xFFFFFFFF:  # the real size is in the zip64 extra field, first of its values
             usize = _zip64_size(data[name_end : name_end + extra_len], what)
-        if not data[pos + _CENTRAL.size : name_end].endswith(b"/"):
+        raw_name = data[pos + _CENTRAL.size : name_end]
+        if not raw_name.endswith(b"/"):
             files += 1
             total += usize
+            names.append(raw_name.decode("utf-8", errors="replace"))
         pos = name_end + extra_len + comment_len
     if pos != len(data):
         raise DataError(f"{what}: central directory holds more than its {entries} entries")
-    return ZipListing(files, total)
+    return ZipListing(files, total, top_level_modules(names))
 
 
 def _zip64_size(extra: bytes, what: str) -> int:
@@ -254,7 +282,11 @@ def local_listing(path: Path) -> ZipListing:
             infos = [info for info in archive.infolist() if not info.is_dir()]
     except (OSError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read the wheel {path}: {exc}") from None
-    return ZipListing(len(infos), sum(info.file_size for info in infos))
+    return ZipListing(
+        len(infos),
+        sum(info.file_size for info in infos),
+        top_level_modules(info.filename for info in infos),
+    )
 
 
 # -- where the files are ---------------------------------------------------------------------------
@@ -375,6 +407,9 @@ class WheelSize:
     download_bytes: int
     installed_bytes: int  # sum of the entries' uncompressed sizes (no .pyc, no file system blocks)
     files: int
+    sha256: str | None = None  # the wheel's digest (one of the pin's hashes)
+    modules: tuple[str, ...] = ()  # its top-level import names
+    local: bool = False  # `location` is a file on this machine (its digest checked)
 
 
 def wheel_sizes(
@@ -392,7 +427,38 @@ def wheel_sizes(
     Raises DataError when a pin has no wheel for `target` among its hashes (or none of its hashes
     is in the sources), Unavailable when that may be because a source could not be reached.
     """
+    results = wheel_sizes_each(
+        pins,
+        sources,
+        target=target,
+        ca_bundle=ca_bundle,
+        workers=workers,
+        timeout_s=timeout_s,
+        max_whole_bytes=max_whole_bytes,
+    )
+    errors = [r for r in results if isinstance(r, CudaboxError)]
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more pins failed)" if len(errors) > 1 else ""
+        raise type(first)(first.message + more, first.fix)
+    return tuple(r for r in results if isinstance(r, WheelSize))
+
+
+def wheel_sizes_each(
+    pins: Iterable[Pin],
+    sources: Sources,
+    *,
+    target: Target = IMAGE_TARGET,
+    ca_bundle: Path | None = None,
+    workers: int = DEFAULT_WORKERS,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_whole_bytes: int = MAX_WHOLE_BYTES,
+) -> tuple[WheelSize | CudaboxError, ...]:
+    """Like wheel_sizes, but one answer per pin: its size, or the error that pin met (a pin with
+    no wheel for `target` among its hashes, an sdist-only one say, is a DataError)."""
     pins = list(pins)
+    if not pins:
+        return ()
     reader = _Reader(
         sources,
         target,
@@ -404,22 +470,17 @@ def wheel_sizes(
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pins)))) as pool:
             futures = [pool.submit(reader.size, pin) for pin in pins]
-        results: list[WheelSize] = []
-        errors: list[CudaboxError] = []
+        results: list[WheelSize | CudaboxError] = []
         for future in futures:
             exc = future.exception()
             if exc is None:
                 results.append(future.result())
             elif isinstance(exc, CudaboxError):
-                errors.append(exc)
+                results.append(exc)
             else:
                 raise exc
     finally:
         reader.close()
-    if errors:
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more pins failed)" if len(errors) > 1 else ""
-        raise type(first)(first.message + more, first.fix)
     return tuple(results)
 
 
@@ -498,6 +559,9 @@ class _Reader:
                 download,
                 listing.installed_bytes,
                 listing.files,
+                candidate.sha256,
+                listing.modules,
+                candidate.path is not None,
             )
         assert first_error is not None
         raise first_error
@@ -691,3 +755,75 @@ def _wheelhouse_files(folder: Path, pin: Pin) -> list[DistFile]:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         found.append(DistFile(path.name, str(path), digest, path, str(folder)))
     return found
+
+
+# -- whole wheels, for what their file list cannot say (the GPU code inside) --------------------
+
+
+def wheel_cache(env: Mapping[str, str] | None = None) -> Path:
+    """$XDG_CACHE_HOME/cudabox/wheels, else ~/.cache/cudabox/wheels."""
+    env = os.environ if env is None else env
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "cudabox" / "wheels"
+
+
+def fetch_wheel(
+    wheel: WheelSize,
+    cache: Path,
+    *,
+    ca_bundle: Path | None = None,
+    timeout_s: float = 60.0,
+) -> Path:
+    """The wheel as a file on this machine: its wheelhouse copy, or a download kept in `cache`.
+
+    The download's sha256 must be the one its index gave (and the lock holds); a cached file is
+    hashed again before it is trusted, so a damaged cache is fetched anew.
+    """
+    if wheel.local:
+        return Path(wheel.location)
+    if wheel.sha256 is None:
+        raise DataError(f"{wheel.filename}: its index gives no sha256 to check a download against")
+    path = cache / wheel.sha256[:2] / wheel.sha256 / wheel.filename
+    if path.is_file() and _sha256_of(path) == wheel.sha256:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    verify: str | bool = str(ca_bundle) if ca_bundle else True
+    digest = hashlib.sha256()
+    try:
+        with requests.get(
+            wheel.location,
+            stream=True,
+            timeout=(timeout_s, timeout_s),
+            verify=verify,
+            headers={"User-Agent": f"cudabox/{__version__}", "Accept-Encoding": "identity"},
+        ) as response:
+            if response.status_code >= 300:
+                raise Unavailable(
+                    f"{wheel.location} answered {response.status_code}",
+                    "retry later, or put the wheel in a wheelhouse folder (--wheelhouse)",
+                )
+            with partial.open("wb") as out:
+                for chunk in response.iter_content(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+    except requests.RequestException as exc:
+        partial.unlink(missing_ok=True)
+        raise Unavailable(
+            f"downloading {wheel.location} failed ({exc.__class__.__name__})",
+            "check the network or proxy, or put the wheel in a wheelhouse folder (--wheelhouse)",
+        ) from None
+    if digest.hexdigest() != wheel.sha256:
+        partial.unlink(missing_ok=True)
+        raise DataError(
+            f"{wheel.location}: the download's sha256 is {digest.hexdigest()}, not the locked "
+            f"{wheel.sha256}",
+            "the index changed a published file: check the index, then relock",
+        )
+    partial.replace(path)
+    return path
+
+
+def _sha256_of(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
