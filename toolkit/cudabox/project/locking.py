@@ -470,14 +470,20 @@ class _Locker:
         free = self._unconstrained[key]
         if free.error is not None:
             return []  # nothing to compare with; the constrained lock stands
-        # What the unconstrained resolution would change in the image: why the hold.
-        replaced = [
-            f"{name} {pins[name].version} with {pin.version}"
+        # What the unconstrained resolution would change in the image: why the hold. A newer
+        # pin is only what an unconstrained resolution picks anyway; an older one, or another
+        # framework version, is what the held-back dependency's newer release asks for.
+        changed = [
+            (name, pins[name].version, pin.version)
             for name, pin in free.pins.items()
             if name in pins and _release(pins[name].version) != _release(pin.version)
         ]
-        if not replaced:
+        if not changed:
             return []  # held by the previous lock's versions, not by the image
+        blocking = [
+            c for c in changed if self.packages.from_image(c[0]) or _older(c[2], c[1])
+        ] or changed
+        replaced = [f"{name} {old} with {new}" for name, old, new in blocking]
         found = []
         for name in sorted(self.direct):
             mine, theirs = got.get(name), free.pins.get(name)
@@ -591,6 +597,13 @@ def _minor(version: str) -> tuple[int, ...]:
     except InvalidVersion:
         return ()
     return (*release, 0, 0)[:2]
+
+
+def _older(version: str, than: str) -> bool:
+    try:
+        return Version(version) < Version(than)
+    except InvalidVersion:
+        return False
 
 
 def _release(version: str) -> str:
