@@ -25,6 +25,8 @@ from project.fakewheel import extension_wheel, make_wheel
 from realtools import unavailable
 
 CPU = "torch-2.13-cpu"
+# The user's wheel cache, before the tests point XDG_CACHE_HOME at their own folders.
+_USER_CACHE = os.environ.get("XDG_CACHE_HOME")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -273,6 +275,42 @@ def test_a_requirements_txt_folder_locks_as_a_project_when_run_in_it(
     capsys.readouterr()
     assert main(["lock", "--json"]) == 0, capsys.readouterr().err
     assert read_lock(tmp_path / "cudabox.lock").images[0].get("tqdm") is not None
+
+
+def test_the_issues_transformers_project_on_the_newest_cuda_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: `transformers datasets accelerate` against torch-2.15-cu132's lock gave 37 new
+    distributions, 0 base pins changed, 328.5 MB installed (measured then: 2.5 s)."""
+    # The shared wheel cache: its compiled wheels (pyarrow, tokenizers, ...) are read for GPU code.
+    if _USER_CACHE is None:
+        monkeypatch.delenv("XDG_CACHE_HOME")
+    else:
+        monkeypatch.setenv("XDG_CACHE_HOME", _USER_CACHE)
+    image = "torch-2.15-cu132"
+    folder = project(
+        tmp_path / "demo", ["torch", "transformers", "datasets", "accelerate"], [image]
+    )
+    code, data, err = lock(capsys, folder)
+    assert code == 0, err
+    row = image_row(data, image)
+    assert row["base_pins_changed"] == 0 and row["findings"] == [] and row["extensions"] == []
+    (entry,) = read_lock(folder / "cudabox.lock").images
+    names = {p.name for p in entry.packages}
+    assert {"transformers", "datasets", "accelerate", "pyarrow", "tokenizers"} <= names
+    assert not any(n == "torch" or n.startswith("nvidia-") for n in names)
+    # A new release of a dependency may add or drop one; the issue's figures, with that slack.
+    assert 33 <= len(entry.packages) <= 41, sorted(names)
+    assert 250e6 < entry.installed_bytes < 450e6
+    assert all(p.modules for p in entry.packages)  # every one installs something importable
+    dateutil = entry.get("python-dateutil")
+    assert dateutil is not None and dateutil.modules == ("dateutil",)  # not the dist's name
+    transformers = entry.get("transformers")
+    assert (
+        transformers is not None
+        and transformers.direct
+        and transformers.modules == ("transformers",)
+    )
 
 
 def test_top_level_modules_from_a_file_list() -> None:

@@ -333,9 +333,10 @@ class _Locker:
                         "cuda-major",
                         f"{pin.name}=={pin.version} ({size.filename}) has extensions linking libcudart.so."
                         f"{', '.join(str(m) for m in other)}, but the image {spec.name} has {has}: "
-                        "it fails at import or at its first GPU call; pick the build of it for "
-                        "the image's CUDA (its index in [tool.cudabox] index-urls) or leave this "
-                        "image out",
+                        "it fails at import (torchvision: `operator torchvision::nms does not "
+                        "exist`) or at its first GPU call; lock the build of it for the image "
+                        f"({_build_index(spec)} in [tool.cudabox] index-urls), or leave the image "
+                        "out ([tool.cudabox] images)",
                         fatal=True,
                     )
                 )
@@ -548,6 +549,12 @@ class _Locker:
 
 
 # ---- helpers --------------------------------------------------------------------------------------
+
+
+def _build_index(spec: ImageSpec) -> str:
+    if spec.index_url:
+        return f"its index, {spec.index_url},"
+    return "the index of the build for its CUDA"
 
 
 def _no_wheel(pin: Pin, spec: ImageSpec, error: DataError) -> Finding:
