@@ -451,10 +451,10 @@ class _Locker:
             )
         ]
         if named:
-            what = f"the project's {', '.join(asks) or 'requirements'}" + (
-                f" conflict with the image's pin {', '.join(f'{p.name}=={p.version}' for p in named)}"
-                if len(named) == 1
-                else f" conflict with the image's pins {', '.join(f'{p.name}=={p.version}' for p in named)}"
+            theirs = ", ".join(f"{p.name}=={p.version}" for p in named)
+            what = (
+                f"the project's {', '.join(asks) or 'requirements'} and the image's "
+                f"pin{'s' if len(named) > 1 else ''} {theirs} cannot both hold"
             )
             return Finding("conflict", f"{what} (uv: {error})", fatal=True)
         return Finding("unresolvable", f"uv cannot resolve the project: {error}", fatal=True)
