@@ -484,7 +484,11 @@ class _Locker:
         blocking = [
             c for c in changed if self.packages.from_image(c[0]) or _older(c[2], c[1])
         ] or changed
-        replaced = [f"{name} {old} with {new}" for name, old, new in blocking]
+        # The framework itself first (torch), then the rest; a CUDA stack can be a dozen pins.
+        blocking.sort(key=lambda c: (c[0] != self.project.framework, c[0]))
+        replaced = [f"{name} {old} with {new}" for name, old, new in blocking[:4]]
+        if len(blocking) > 4:
+            replaced.append(f"and {len(blocking) - 4} more of its pins")
         found = []
         for name in sorted(self.direct):
             mine, theirs = got.get(name), free.pins.get(name)
@@ -559,12 +563,14 @@ def _build_index(spec: ImageSpec) -> str:
 
 def _no_wheel(pin: Pin, spec: ImageSpec, error: DataError) -> Finding:
     target = target_for(spec)
+    listed = re.search(r"\(its hashes match ([^)]*)\)", error.message)
+    files = f" ({listed[1]})" if listed else ""
     where = f"cp{target.python[0]}{target.python[1]} manylinux_{target.glibc[0]}_{target.glibc[1]}_{target.arch}"
     return Finding(
         "no-wheel",
-        f"{pin.name}=={pin.version} has no wheel for the image's platform ({where}), only an sdist or other "
-        f"platforms' wheels, and the image installs wheels only ({error.message}); put a wheel "
-        f"of it in a wheelhouse (--wheelhouse DIR), or pin a version that has wheels",
+        f"{pin.name}=={pin.version} has no wheel for the image's platform ({where}), only an "
+        f"sdist or other platforms' wheels{files}, and the image installs wheels only; put a "
+        "wheel of it in a wheelhouse (--wheelhouse DIR), or pin a version that has wheels",
         fatal=True,
     )
 
