@@ -4,7 +4,9 @@ The candidates come from a source passed in as a value: the catalog, the catalog
 engine's cudabox-labelled images (the engine passed in), or the images a registry holds (the
 registry client passed in). A named image (`--image NAME|REF`) is taken as named: a catalog name,
 or a reference judged from its labels. Otherwise the pure `resolver.select` picks the newest image
-that fits every host. Nothing here opens an adapter or prints: warnings come back as `notes`.
+that fits every host; a named image is judged on the hosts the same way. In a project folder
+the candidates are the project's images (`project_candidates`). Nothing here opens an adapter or
+prints: warnings come back as `notes` and `warnings`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
+from cudabox.compat import load_compat
 from cudabox.errors import CudaboxError, DataError, NoImageFits, Unavailable, Unlabelled
 from cudabox.host import HostProfile
 from cudabox.images.catalog import Catalog, ImageSpec
-from cudabox.images.labels import spec_from_labels
-from cudabox.resolver import Flavor, Selection, select
+from cudabox.images.labels import LAYERS, spec_from_labels
+from cudabox.project.candidates import project_specs
+from cudabox.project.declaration import Project
+from cudabox.project.lockfile import ProjectLock
+from cudabox.resolver import Flavor, Reason, Selection, image_reasons, judge, select
 
 if TYPE_CHECKING:
     from cudabox.container import ImageInfo
@@ -37,12 +43,26 @@ class LabelledImages(Protocol):
 
 
 @dataclass(frozen=True)
+class ProjectImages:
+    """A project whose images are the candidates: what building one of them needs."""
+
+    project: Project
+    lock: ProjectLock
+    catalog: Catalog  # the catalog itself: the project images' bases
+
+    def base(self, spec: ImageSpec) -> ImageSpec:
+        """The catalog image a project image is built on."""
+        return self.catalog.get(spec.base_name or spec.name)
+
+
+@dataclass(frozen=True)
 class Candidates:
     """The images to choose from, where they are, and what was skipped on the way."""
 
     catalog: Catalog
     where: str = ""  # " in the registry", " on this engine": said in the choice's why
     notes: tuple[str, ...] = ()
+    project: ProjectImages | None = None  # set when the candidates are a project's images
 
 
 @dataclass(frozen=True)
@@ -55,6 +75,7 @@ class Request:
     # Refuse at once (Unavailable) when a host shows no usable GPU: a GPU run never falls back.
     require_gpu: bool = False
     here: bool = False  # the fix names `--here` (train --here)
+    skip_fit_check: bool = False  # run a named image that does not fit (said in `warnings`)
 
 
 @dataclass(frozen=True)
@@ -63,7 +84,8 @@ class ImageChoice:
     why: str
     hosts: tuple[HostProfile, ...]
     selection: Selection | None = None  # None when the image was named
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # the candidates' notes (their source already showed them)
+    warnings: tuple[str, ...] = ()  # the choice's own: every target shows them on stderr
 
     @property
     def profile(self) -> HostProfile:
@@ -76,6 +98,16 @@ class ImageChoice:
 
 def catalog_candidates(catalog: Catalog) -> Candidates:
     return Candidates(catalog)
+
+
+def project_candidates(project: Project, lock: ProjectLock, catalog: Catalog) -> Candidates:
+    """The project's images: one per candidate catalog image its (current) lock covers."""
+    specs = project_specs(project, lock, catalog)
+    return Candidates(
+        replace(catalog, images=specs),
+        f" of the project {project.name}",
+        project=ProjectImages(project, lock, catalog),
+    )
 
 
 def engine_candidates(catalog: Catalog, engine: LabelledImages) -> Candidates:
@@ -158,18 +190,29 @@ def named_image(
     A registry image comes back pinned to the digest that was read (a tag may move before the
     pull). An image without cudabox labels cannot be judged (Unlabelled), wherever it is.
     """
+    return _named(image, catalog, engine, registry)[0]
+
+
+def _named(
+    image: str,
+    catalog: Catalog,
+    engine: LabelledImages | None,
+    registry: RegistryClient | None,
+) -> tuple[ImageSpec, tuple[str, ...]]:
+    """named_image, and the warning that a labelled image has layers past its labels."""
     if not is_reference(image):
-        return catalog.get(image)  # UsageError (exit 2) names the catalog's images
+        return catalog.get(image), ()  # UsageError (exit 2) names the catalog's images
     info = engine.image(image) if engine is not None else None
     if info is not None:
         try:
-            return spec_from_labels(dict(info.labels), image)
+            spec = spec_from_labels(dict(info.labels), image)
         except DataError as exc:
             raise Unlabelled(
                 exc.message,
                 "run images built by cudabox (`cudabox build`), or pulled from a `cudabox "
                 "publish`ed registry",
             ) from None
+        return spec, hand_derived(image, spec, info)
     if registry is None:
         raise Unavailable(
             f"{image} is not on this engine, and no registry was given to read it from",
@@ -178,7 +221,23 @@ def named_image(
     from cudabox.images.remote import spec_of  # the HTTP stack: see registry_candidates
 
     remote = registry.image(image)
-    return spec_of(remote, str(remote.pinned))
+    return spec_of(remote, str(remote.pinned)), ()
+
+
+def hand_derived(name: str, spec: ImageSpec, info: ImageInfo) -> tuple[str, ...]:
+    """A note when the image has more layers than its `cudabox.layers` label counts: something
+    (a hand-written `FROM` it) was added after cudabox labelled it. No label: no note."""
+    labelled = info.labels.get(LAYERS, "")
+    if not labelled.isdigit() or len(info.diff_ids) <= int(labelled):
+        return ()
+    extra = len(info.diff_ids) - int(labelled)
+    judged = f"{spec.framework} {spec.framework_version} {spec.flavor}"
+    judged += f", CUDA {spec.cuda}" if spec.cuda else ""
+    judged += f", the project {spec.project}" if spec.project else ""
+    return (
+        f"{name} has {extra} layer{'s' if extra > 1 else ''} past what cudabox labelled: it is "
+        f"judged as {judged} ({spec.name}), which its extra layers may have changed",
+    )
 
 
 # ---- the choice ----------------------------------------------------------------------------------
@@ -221,8 +280,8 @@ def choose(
     if not hosts:
         raise ValueError("choose() needs at least one host profile")
     if request.image != AUTO:
-        spec = named_image(request.image, candidates.catalog, engine, registry)
-        return ImageChoice(spec, "named with --image", tuple(hosts), notes=candidates.notes)
+        spec, warnings = _named(request.image, candidates.catalog, engine, registry)
+        return _judged_named(request, spec, hosts, candidates, warnings, hosts_text)
     if request.require_gpu:
         for host in hosts:
             require_visible_gpu(request.framework, host, request.here)
@@ -242,3 +301,33 @@ def choose(
         notes = "; ".join(r.text for r in verdict.reasons)
         why += f" ({notes})" if notes else ""
     return ImageChoice(image, why, tuple(hosts), chosen, candidates.notes)
+
+
+def _judged_named(
+    request: Request,
+    spec: ImageSpec,
+    hosts: Sequence[HostProfile],
+    candidates: Candidates,
+    warnings: tuple[str, ...],
+    hosts_text: str,
+) -> ImageChoice:
+    """A named image judged on every host as the resolver judges candidates: NoImageFits (exit
+    3) naming the reasons, unless the request skips the check (then a warning says so)."""
+    reasons: list[Reason] = image_reasons(spec)
+    if not (request.flavor == "cpu" and spec.is_cuda):  # --cpu: its GPU code is not used
+        for host in hosts:
+            reasons += judge(spec, host, load_compat())
+    blockers = [r for r in reasons if r.blocking]
+    fleet = len(hosts) > 1
+    why = "named with --image"
+    if blockers:
+        said = "; ".join(r.render(fleet) for r in blockers)
+        if not request.skip_fit_check:
+            raise NoImageFits(
+                f"--image {request.image} does not fit {hosts_text}: {said}",
+                f"{blockers[0].fix or 'name another image'}; or drop --image to let cudabox "
+                "choose (--skip-fit-check runs it anyway)",
+            )
+        warnings += (f"--skip-fit-check: running {spec.name} although it does not fit: {said}",)
+        why += " (fit check skipped)"
+    return ImageChoice(spec, why, tuple(hosts), notes=candidates.notes, warnings=warnings)

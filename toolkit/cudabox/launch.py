@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from cudabox.choice import ImageChoice
+from cudabox.choice import ImageChoice, ProjectImages
 from cudabox.container import (
     ContainerSpec,
     EngineDescription,
@@ -71,6 +71,7 @@ class LaunchOptions:
     registry: str | None = None  # choose and pull there instead of building
     registry_tag: str = "latest"
     registry_ca: Path | None = None
+    skip_fit_check: bool = False  # a named --image that does not fit runs anyway (said)
 
     def __post_init__(self) -> None:
         # Checked here, once: every target and every path below may rely on it.
@@ -146,8 +147,14 @@ def workspace_from(named: Path | None) -> Path:
 # ---- preparing the image ------------------------------------------------------------------------
 
 
-def ensure_image(engine: Engine, spec: ImageSpec, build_missing: bool) -> None:
-    """Pull a registry image by digest, or build a catalog image the engine lacks."""
+def ensure_image(
+    engine: Engine, spec: ImageSpec, build_missing: bool, project: ProjectImages | None = None
+) -> None:
+    """Pull a registry image by digest, or build a catalog image the engine lacks, or make the
+    project's image present and current (built on its catalog image when missing or stale)."""
+    if spec.project is not None and project is not None and "@" not in spec.tag:
+        ensure_project(engine, spec, build_missing, project)
+        return
     if "@" in spec.tag:
         # Imported here, as the build below: a run of an image the engine has loads neither.
         from cudabox.images.publish import pull_judged
@@ -167,6 +174,33 @@ def ensure_image(engine: Engine, spec: ImageSpec, build_missing: bool) -> None:
 
     progress(f"cudabox: {spec.tag} is missing; building it (`cudabox build {spec.name}`)")
     build_and_verify(engine, spec, PackageSources.resolve())
+
+
+def ensure_project(
+    engine: Engine, spec: ImageSpec, build_missing: bool, project: ProjectImages
+) -> None:
+    """The project image of `spec`: kept when current (an edit of mounted code changes nothing),
+    else built on its catalog image. --no-build runs what is there, and builds nothing."""
+    if not build_missing:
+        if engine.image(spec.tag) is None:
+            raise Unavailable(
+                f"the project image {spec.tag} is not built",
+                "run `cudabox build` in the project folder (or drop --no-build)",
+            )
+        return
+    # Imported here: the build machinery, which a run of a catalog image does not load.
+    from cudabox.images.context import BuildOptions
+    from cudabox.project.building import ensure_project_image
+
+    ensure_project_image(
+        engine,
+        project.project,
+        project.lock,
+        project.base(spec),
+        BuildOptions(PackageSources.resolve()),
+        build_missing=True,
+        bake=None,
+    )
 
 
 def _warn_if_stale(spec: ImageSpec, labels: dict[str, str]) -> None:
@@ -393,13 +427,17 @@ def launch(
     command: Sequence[str],
     extra_mounts: Sequence[Mount] = (),
     to_stderr: bool = False,
+    project: ProjectImages | None = None,
 ) -> int | None:
     """Wire the GPUs, then print the docker command (--dry-run, returns None) or run it.
 
     `engine` is None only for a dry run on a host without one: the command is printed as it
     would run on Docker.
     """
-    progress(f"cudabox: image {choice.image.name}: {choice.why}")
+    shown = choice.image.tag if choice.image.project else choice.image.name
+    progress(f"cudabox: image {shown}: {choice.why}")
+    for warning in choice.warnings:
+        progress(f"cudabox: warning: {warning}")
     described = engine.description if engine is not None else None
     gpus = gpu_request(choice, options.gpus, options.cpu, described)
     refuse_podman_gpus(described, gpus)
@@ -414,5 +452,5 @@ def launch(
     if engine is None or options.dry_run:
         print(shlex.join(spec.docker_cli()))
         return None
-    ensure_image(engine, choice.image, build_missing=options.build_missing)
+    ensure_image(engine, choice.image, options.build_missing, project)
     return run_container(engine, spec, to_stderr)

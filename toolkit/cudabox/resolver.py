@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from cudabox.compat import Compat, load_compat
 from cudabox.host import Gpu, HostProfile
-from cudabox.images.catalog import Catalog, ImageSpec, rank_key
+from cudabox.images.catalog import Catalog, Extension, ImageSpec, rank_key
 from cudabox.versions import Arch, DriverVersion
 
 Flavor = Literal["auto", "cuda", "cpu"]
@@ -23,7 +23,9 @@ Coverage = Literal["sass", "ptx", "none"]
 class Reason:
     """One fact about an image on a host. Blocking reasons rule the image out; others inform."""
 
-    kind: str  # "flavor", "no-gpu", "gpu-error", "arch", "driver", "ptx-driver", "note"
+    # "flavor", "no-gpu", "gpu-error", "arch", "extension", "extension-cuda", "driver",
+    # "ptx-driver", "note"
+    kind: str
     text: str
     host: str | None = None
     fix: str | None = None
@@ -98,11 +100,21 @@ class Selection:
 
 def gpu_coverage(gpu_cc: tuple[int, int], image: ImageSpec, compat: Compat) -> Coverage:
     """How an image's kernels reach a GPU: its own SASS, PTX to JIT, or not at all."""
+    return arch_coverage(gpu_cc, image.sass_archs, image.ptx_archs, compat)
+
+
+def arch_coverage(
+    gpu_cc: tuple[int, int],
+    sass_archs: Sequence[Arch],
+    ptx_archs: Sequence[Arch],
+    compat: Compat,
+) -> Coverage:
+    """How compiled GPU code (a framework's, an extension's) reaches a GPU."""
     tegra = compat.is_tegra(gpu_cc)
-    for arch in image.sass_archs:
+    for arch in sass_archs:
         if sass_runs_on(arch, gpu_cc, tegra):
             return "sass"
-    for arch in image.ptx_archs:
+    for arch in ptx_archs:
         if ptx_runs_on(arch, gpu_cc):
             return "ptx"
     return "none"
@@ -168,8 +180,68 @@ def judge(image: ImageSpec, host: HostProfile, compat: Compat) -> list[Reason]:
                     blocking=False,
                 )
             )
+    reasons.extend(_extension_reasons(gpus, image, name, compat))
     reasons.extend(_driver_reasons(image, host, gpus, ptx_gpus, compat))
     return reasons
+
+
+def image_reasons(image: ImageSpec) -> list[Reason]:
+    """What rules an image out on any host: an extension linking another CUDA runtime major."""
+    if image.cuda is None:
+        return []
+    reasons = []
+    for ext in image.extensions:
+        if ext.cuda_runtime and image.cuda.major not in ext.cuda_runtime:
+            linked = " and ".join(f"libcudart.so.{m}" for m in ext.cuda_runtime)
+            reasons.append(
+                Reason(
+                    "extension-cuda",
+                    f"{ext.name} {ext.version} links {linked}; the image has CUDA {image.cuda}",
+                    fix=f"lock a build of {ext.name} for CUDA {image.cuda.major}, or use an image "
+                    f"of CUDA {ext.cuda_runtime[0]}",
+                )
+            )
+    return reasons
+
+
+def _extension_reasons(
+    gpus: Sequence[Gpu], image: ImageSpec, host: str | None, compat: Compat
+) -> list[Reason]:
+    """Each compiled extension's GPU code must reach every GPU, as the framework's must: one
+    reason per extension and kind of GPU it misses (a GPU that could not be read is said above)."""
+    reasons = []
+    kinds = {(g.name, g.cc): g for g in gpus if g.cc is not None}  # the first GPU of each kind
+    for ext in image.extensions:
+        for gpu in kinds.values():
+            assert gpu.cc is not None
+            coverage = arch_coverage(gpu.cc, ext.sass_archs, ext.ptx_archs, compat)
+            sm = f"sm_{gpu.cc[0]}{gpu.cc[1]}"
+            if coverage == "none":
+                reasons.append(
+                    Reason(
+                        "extension",
+                        f"{ext.name} {ext.version} has {_ext_archs(ext)} only; {gpu.label} is {sm}",
+                        host,
+                        f"lock a build of {ext.name} with {sm} (or PTX for an older compute "
+                        "capability), or use another image",
+                    )
+                )
+            elif coverage == "ptx":
+                reasons.append(
+                    Reason(
+                        "note",
+                        f"{ext.name} {ext.version} runs JIT-compiled PTX on {gpu.label} (no {sm})",
+                        host,
+                        blocking=False,
+                    )
+                )
+    return reasons
+
+
+def _ext_archs(ext: Extension) -> str:
+    sass = [f"sm_{a.major}{a.minor}{a.suffix}" for a in ext.sass_archs]
+    ptx = [f"compute_{a.major}{a.minor}{a.suffix}" for a in ext.ptx_archs]
+    return " ".join(sass + ptx) or "no GPU code"
 
 
 def _arch_text(gpu: Gpu, image: ImageSpec) -> str:
@@ -300,6 +372,7 @@ def select(
         if image.flavor != wanted:
             why = f"--flavor {flavor}" if flavor != "auto" else _auto_why(wanted)
             reasons.append(Reason("flavor", f"not considered: {why}"))
+        reasons.extend(image_reasons(image))
         for host in hosts:
             reasons.extend(judge(image, host, compat))
         verdicts.append(Verdict(image, tuple(reasons)))

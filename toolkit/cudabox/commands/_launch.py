@@ -14,6 +14,7 @@ from cudabox.choice import (
     Candidates,
     catalog_candidates,
     is_reference,
+    project_candidates,
     registry_candidates,
     require_visible_gpu,
 )
@@ -39,6 +40,9 @@ from cudabox.options import (
     registry_settings,
 )
 from cudabox.output import progress
+from cudabox.project.candidates import read_project_lock
+from cudabox.project.declaration import Project, load_project
+from cudabox.project.discover import project_folder
 from cudabox.targets import TAKEN_BY, Target, TargetName, refuse_foreign, target_for
 
 if TYPE_CHECKING:
@@ -78,8 +82,20 @@ def chosen_target(args: argparse.Namespace, here: bool = False) -> TargetName:
     return target
 
 
-def launch_options(args: argparse.Namespace, target: TargetName) -> LaunchOptions:
-    """How the job starts, checked before anything starts."""
+def project_of(args: argparse.Namespace, target: TargetName) -> Project | None:
+    """The project whose images the job runs in: --project, else the current folder when it
+    declares one; None with --no-project, and for `train --here` (no container)."""
+    if target == "here":
+        return None
+    folder = project_folder(getattr(args, "project", None), getattr(args, "no_project", False))
+    return load_project(folder) if folder is not None else None
+
+
+def launch_options(
+    args: argparse.Namespace, target: TargetName, project: Project | None = None
+) -> LaunchOptions:
+    """How the job starts, checked before anything starts. In a project, /workspace is the
+    project's folder unless --workspace names another."""
     if args.gpus is not None:
         parse_gpus(args.gpus, cdi=False)  # syntax only; CDI naming is decided later
     nproc, nnodes = args.nproc_per_node, args.nnodes
@@ -99,7 +115,7 @@ def launch_options(args: argparse.Namespace, target: TargetName) -> LaunchOption
             "drop them, or pass --nnodes N",
         )
     return LaunchOptions(
-        framework=args.framework,
+        framework=project.framework if project is not None else args.framework,
         image=args.image,
         gpus=args.gpus,
         cpu=args.cpu,
@@ -110,7 +126,13 @@ def launch_options(args: argparse.Namespace, target: TargetName) -> LaunchOption
         labels=parse_pairs(args.label, "--label"),
         ulimits=tuple(parse_ulimit(item) for item in args.ulimit),
         # Nothing is mounted here (train --here), so no workspace is needed.
-        workspace=Path("/nonexistent") if target == "here" else workspace_from(args.workspace),
+        workspace=Path("/nonexistent")
+        if target == "here"
+        else (
+            project.root
+            if project is not None and args.workspace is None
+            else workspace_from(args.workspace)
+        ),
         mounts=tuple(parse_mount(item) for item in args.mount),
         nproc_per_node=nproc,
         nnodes=nnodes,
@@ -118,6 +140,7 @@ def launch_options(args: argparse.Namespace, target: TargetName) -> LaunchOption
         registry=(args.registry or os.environ.get(REGISTRY_ENV) or "").rstrip("/") or None,
         registry_tag=registry_settings(args.tag, args.registry_ca)[0],
         registry_ca=args.registry_ca,
+        skip_fit_check=bool(getattr(args, "skip_fit_check", False)),
     )
 
 
@@ -178,6 +201,7 @@ def opened_target(
     args: argparse.Namespace,
     options: LaunchOptions,
     require_gpu: bool = False,
+    project: Project | None = None,
 ) -> Iterator[Target]:
     """The target, its adapters opened for as long as the job runs, and closed after.
 
@@ -202,7 +226,7 @@ def opened_target(
             host = _probe()
             if require_gpu:  # at once, before the engine: a GPU run never falls back to the CPU
                 require_visible_gpu(options.framework, host)
-            candidates = _candidates(options, registry)
+            candidates = _candidates(options, registry, project)
             engine = _connect(options.dry_run)
             if engine is not None:
                 stack.callback(engine.close)
@@ -210,7 +234,7 @@ def opened_target(
             return
         cluster = cluster_options(args)
         hosts = tuple(HostProfile.load(p) for p in cluster.hosts) or (_probe(),)
-        candidates = _candidates(options, registry)
+        candidates = _candidates(options, registry, project)
         # Only a named reference is read from the engine; without an engine, from its registry.
         engine = _connect(dry_run=True) if reference else None
         if engine is not None:
@@ -227,9 +251,14 @@ def opened_target(
             yield KubernetesTarget(cluster, hosts, candidates, kube, engine, registry)
 
 
-def _candidates(options: LaunchOptions, registry: RegistryClient | None) -> Candidates:
-    """The catalog's images, or (with --registry, when the image is chosen) the registry's."""
+def _candidates(
+    options: LaunchOptions, registry: RegistryClient | None, project: Project | None = None
+) -> Candidates:
+    """The project's images in a project; else the catalog's, or (with --registry, when the
+    image is chosen) the registry's."""
     catalog = load_catalog()
+    if project is not None:
+        return project_candidates(project, read_project_lock(project), catalog)
     if registry is None or not options.registry or options.image != "auto":
         return catalog_candidates(catalog)
     found = registry_candidates(

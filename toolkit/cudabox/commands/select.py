@@ -1,6 +1,8 @@
 """`cudabox select`: judge every image on this host (or the hosts given) and pick the newest fit.
 
-No engine or registry is opened unless --local or --registry asks for their images.
+No engine or registry is opened unless --local or --registry asks for their images. In a project
+folder (or with --project) the candidates are the project's images, judged with the GPU code of
+the extensions its cudabox.lock adds.
 """
 
 from __future__ import annotations
@@ -10,12 +12,21 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cudabox.choice import catalog_candidates, engine_candidates, registry_candidates, selection
+from cudabox.choice import (
+    catalog_candidates,
+    engine_candidates,
+    project_candidates,
+    registry_candidates,
+    selection,
+)
 from cudabox.commands._shared import hosts_from_files
 from cudabox.errors import ExitCode, NoImageFits
 from cudabox.images.catalog import load_catalog
 from cudabox.options import REGISTRY_ENV, registry_settings
 from cudabox.output import print_json, progress, table
+from cudabox.project.candidates import read_project_lock
+from cudabox.project.declaration import load_project
+from cudabox.project.discover import project_folder
 from cudabox.resolver import Flavor, Selection
 
 
@@ -29,6 +40,7 @@ class SelectOptions:
     tag: str = "latest"
     registry_ca: Path | None = None
     json: bool = False
+    project: Path | None = None  # the project folder whose images are the candidates
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SelectOptions:
@@ -42,6 +54,9 @@ class SelectOptions:
             tag=getattr(args, "tag", "latest"),
             registry_ca=getattr(args, "registry_ca", None),
             json=bool(getattr(args, "json", False)),
+            project=project_folder(
+                getattr(args, "project", None), bool(getattr(args, "no_project", False))
+            ),
         )
 
 
@@ -61,7 +76,13 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def selection_for(options: SelectOptions) -> Selection:
     catalog = load_catalog()
-    if options.registry:
+    framework = options.framework
+    if options.project is not None:
+        project = load_project(options.project)
+        framework = project.framework
+        candidates = project_candidates(project, read_project_lock(project), catalog)
+        progress(f"cudabox: the images of the project {project.name} ({options.project})")
+    elif options.registry:
         # Imported here: the HTTP stack, which `cudabox select` without --registry skips.
         from cudabox.registry import RegistryClient
 
@@ -80,7 +101,7 @@ def selection_for(options: SelectOptions) -> Selection:
     for note in candidates.notes:
         progress(f"cudabox: {note}")
     hosts = hosts_from_files(options.hosts)
-    return selection(candidates, hosts, options.framework, options.flavor)
+    return selection(candidates, hosts, framework, options.flavor)
 
 
 def render_selection(selection: Selection) -> str:
@@ -89,9 +110,10 @@ def render_selection(selection: Selection) -> str:
     for verdict in selection.verdicts:
         mark = "fits" if verdict.fits else "no"
         why = "; ".join(r.render(fleet) for r in verdict.reasons) or "-"
-        rows.append(
-            [verdict.image.name, verdict.image.flavor, str(verdict.image.cuda or "-"), mark, why]
-        )
+        image = verdict.image
+        # A project image is named by its tag: the project on that catalog image.
+        shown = image.tag if image.project else image.name
+        rows.append([shown, image.flavor, str(image.cuda or "-"), mark, why])
     text = table(["image", "flavor", "CUDA", "fits", "reasons"], rows)
     if selection.selected:
         text += f"\n\nselected: {selection.selected.name} ({selection.selected.tag})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cudabox.commands._launch import chosen_target, launch_options, opened_target
+from cudabox.commands._launch import chosen_target, launch_options, opened_target, project_of
 from cudabox.errors import ExitCode
 from cudabox.options import absolute, current_directory
 from cudabox.output import print_json, table
@@ -14,7 +14,8 @@ from cudabox.train import TrainOptions, output_folder, summary, train, workload_
 
 def cmd_train(args: argparse.Namespace) -> int:
     target = chosen_target(args, here=args.here)
-    launch = launch_options(args, target)
+    project = project_of(args, target)
+    launch = launch_options(args, target, project)
     out = absolute(args.out) if args.out else current_directory() / "runs" / args.framework
     output_folder(out, args.dry_run)
     options = TrainOptions(
@@ -23,7 +24,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         require_gpu=args.require_gpu,
         workload=workload_options(tuple(args.rest), args.require_gpu, args.cpu),
     )
-    with opened_target(target, args, launch, require_gpu=args.require_gpu) as opened:
+    with opened_target(
+        target, args, launch, require_gpu=args.require_gpu, project=project
+    ) as opened:
         outcome = train(opened, launch, options)
     if outcome.code is None or not outcome.finished:
         return ExitCode.OK if outcome.code is None else outcome.code

@@ -36,7 +36,13 @@ class LocalTarget:
     def run(self, job: Job) -> Outcome:
         options = job.launch
         flavor: Flavor = "cpu" if options.cpu else ("cuda" if job.require_gpu else "auto")
-        request = Request(job.framework, options.image, flavor, require_gpu=job.require_gpu)
+        request = Request(
+            job.framework,
+            options.image,
+            flavor,
+            require_gpu=job.require_gpu,
+            skip_fit_check=options.skip_fit_check,
+        )
         choice = choose(
             request, [self.host], self.candidates, engine=self.engine, registry=self.registry
         )
@@ -47,5 +53,13 @@ class LocalTarget:
                 f"name a {job.framework} image, or drop --image",
             )
         mounts = (Mount(str(job.out), OUT_DIR),) if job.out is not None else ()
-        code = launch(self.engine, options, choice, job.program, mounts, job.to_stderr)
+        code = launch(
+            self.engine,
+            options,
+            choice,
+            job.program,
+            mounts,
+            job.to_stderr,
+            self.candidates.project,
+        )
         return Outcome(code, choice.image.name, choice.why)

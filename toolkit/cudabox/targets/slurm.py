@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +40,10 @@ class SlurmTarget:
         return str(out)  # a shared folder: every node writes where the submit host reads
 
     def run(self, job: Job) -> Outcome:
-        request = image_request(job.framework, job.launch, self.cluster)
+        request = replace(
+            image_request(job.framework, job.launch, self.cluster),
+            skip_fit_check=job.launch.skip_fit_check,
+        )
         choice = choose(
             request,
             self.hosts,
@@ -51,5 +54,7 @@ class SlurmTarget:
         )
         spec = job_spec(job.framework, job.launch, self.cluster, choice, job.program, job.out)
         progress(f"cudabox: image {spec.image.name} ({spec.image_ref}): {choice.why}")
+        for warning in choice.warnings:
+            progress(f"cudabox: warning: {warning}")
         code = submit_slurm(spec, job.launch, self.cluster, job.out, self.slurm)
         return Outcome(code, "slurm job", "see above")

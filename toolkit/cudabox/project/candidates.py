@@ -1,0 +1,51 @@
+"""A project's images as candidates: each catalog image the project is locked for, as the project
+image built on it (its tag, and the GPU code of the extensions the lock adds).
+
+Pure: the project, its lock and the catalog in, image specs out. The resolver judges these specs
+as it judges catalog images, with the extensions' architectures added to its rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from cudabox.images.catalog import Catalog, Extension, ImageSpec
+from cudabox.project.building import project_tag
+from cudabox.project.declaration import Project, candidate_images
+from cudabox.project.lockfile import LOCK_FILE, ImageLock, ProjectLock, read_lock, require_current
+
+
+def project_specs(project: Project, lock: ProjectLock, catalog: Catalog) -> tuple[ImageSpec, ...]:
+    """The project image of every candidate catalog image the lock has an entry for.
+
+    The lock must be current (a stale one is a DataError, exit 6, whose fix is `cudabox lock`).
+    """
+    allowed = candidate_images(project, catalog)
+    require_current(project, lock, allowed, project.root / LOCK_FILE)
+    specs = []
+    for base in allowed:
+        entry = lock.get(base.name)
+        if entry is not None:
+            specs.append(project_spec(project, base, entry))
+    return tuple(specs)
+
+
+def project_spec(project: Project, base: ImageSpec, entry: ImageLock) -> ImageSpec:
+    """The catalog image `base` as the project's image: same facts, plus the extensions."""
+    return replace(
+        base,
+        tag=project_tag(project.image_name, base.name),
+        project=project.name,
+        base_name=base.name,
+        extensions=tuple(
+            Extension(p.name, p.version, p.sass, p.ptx, p.cuda_runtime)
+            for p in entry.packages
+            if p.has_gpu_code or p.cuda_runtime
+        ),
+    )
+
+
+def read_project_lock(project: Project) -> ProjectLock:
+    """The project's cudabox.lock (DataError, exit 6, with the fix `cudabox lock` when missing)."""
+    return read_lock(Path(project.root) / LOCK_FILE)
