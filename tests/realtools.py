@@ -1,6 +1,6 @@
 """The real systems the tests run against, and what happens when one is missing.
 
-Each is named: docker, registry, slurm, podman, chromium. Where one is missing a test skips
+Each is named: docker, registry, slurm, podman, chromium, pypi (the package index). Where one is missing a test skips
 loudly (a warning), unless CUDABOX_REQUIRE names it (a comma-separated list, or `all`, which is
 what .ci/run sets): then the test fails, so CI can never pass by skipping what it must test.
 """
@@ -19,8 +19,8 @@ from typing import Literal, NoReturn
 
 import pytest
 
-System = Literal["docker", "registry", "slurm", "podman", "chromium"]
-SYSTEMS: tuple[System, ...] = ("docker", "registry", "slurm", "podman", "chromium")
+System = Literal["docker", "registry", "slurm", "podman", "chromium", "pypi"]
+SYSTEMS: tuple[System, ...] = ("docker", "registry", "slurm", "podman", "chromium", "pypi")
 
 
 def required(system: System, env: dict[str, str] | None = None) -> bool:
