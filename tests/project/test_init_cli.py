@@ -182,3 +182,42 @@ def test_a_folder_that_is_not_there_is_a_usage_error(tmp_path: Path, folder: str
     result = cudabox("init", "--project", str(tmp_path / folder))
     assert result.returncode == ExitCode.USAGE, result.stderr
     assert "does not exist" in result.stderr
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize(
+    ("folder", "framework", "own"),
+    [
+        ("torch-project", "torch", {"torchmetrics", "tqdm"}),
+        ("tf-project", "tensorflow", {"keras-tuner", "tensorboard"}),
+    ],
+)
+def test_the_example_projects_declare_and_lock_what_their_readmes_say(
+    folder: str, framework: str, own: set[str], tmp_path: Path
+) -> None:
+    # An edit of an example's dependencies without `cudabox lock` fails here (no network).
+    root = EXAMPLES / folder
+    project = load_project(root)
+    assert project.framework == framework and project.settings.command == ("python", "train.py")
+    assert {r.split(">")[0].split("=")[0] for r in project.split().project} == own
+    checked = cudabox("lock", "--check", "--project", str(root))
+    assert checked.returncode == 0, checked.stderr
+    lock = tomllib.loads((root / "cudabox.lock").read_text())
+    direct = {p["name"] for image in lock["images"] for p in image["packages"] if p["direct"]}
+    assert direct == own
+    # The lock holds only what the project adds: never the framework the image provides.
+    names = {p["name"] for image in lock["images"] for p in image["packages"]}
+    assert not names & {"torch", "tensorflow", "tensorflow-cpu", "keras", "numpy"}
+    # What init proposes for the example without its table is what the example declares.
+    text = (root / "pyproject.toml").read_text()
+    bare = write(
+        tmp_path / folder, {"pyproject.toml": text.partition("[tool.cudabox]")[0], "train.py": ""}
+    )
+    # The TF example names no TensorFlow package (keras-tuner runs on any Keras backend), so
+    # init asks for the framework there, as it would in the user's own repository.
+    named = () if framework == "torch" else ("--framework", framework)
+    assert cudabox("init", "--project", str(bare), *named).returncode == 0
+    again = load_project(bare)
+    assert again.framework == framework and again.settings.command == project.settings.command
