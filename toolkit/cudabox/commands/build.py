@@ -1,20 +1,26 @@
-"""`cudabox build`: build catalog images and check what is inside them (unless --no-verify)."""
+"""`cudabox build`: build catalog images and check what is inside them (unless --no-verify).
+
+With no TARGET in a project folder (or with --project DIR), it builds the project's image on the
+catalog image that fits this host, on each --image NAME, or on every image of the lock
+(--all-images): cudabox.project.building.
+"""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from cudabox.engine import Engine
-from cudabox.errors import ExitCode
+from cudabox.errors import ExitCode, UsageError
 from cudabox.images.build import BUILD_READ_TIMEOUT_S, build_image
 from cudabox.images.catalog import load_catalog
 from cudabox.images.context import BuildOptions
 from cudabox.images.targets import resolve_targets
 from cudabox.images.verify import require_verified, verify_image
 from cudabox.options import PackageSources
-from cudabox.output import human_bytes, print_json, table
+from cudabox.output import human_bytes, print_json, progress, table
 
 
 def build_options(args: argparse.Namespace) -> BuildOptions:
@@ -29,6 +35,17 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    if not args.targets:
+        from cudabox.project.discover import project_folder  # only a project build needs it
+
+        folder = project_folder(args.project, args.no_project)
+        if folder is not None:
+            return _build_project(args, folder)
+    elif args.project is not None or args.image or args.all_images:
+        raise UsageError(
+            "TARGET builds catalog images; --project, --image and --all-images build a project",
+            "drop the TARGET to build the project, or the project options to build the images",
+        )
     catalog = load_catalog()
     specs = resolve_targets(catalog, args.targets)
     options = build_options(args)
@@ -57,6 +74,85 @@ def cmd_build(args: argparse.Namespace) -> int:
                     human_bytes(r["size"]) if r["size"] else "-",
                     r["cached_steps"],
                     "yes" if r.get("verified") else "no",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    return ExitCode.OK
+
+
+def _build_project(args: argparse.Namespace, folder: Path) -> int:
+    """The project's image on the image that fits this host, each --image, or --all-images."""
+    from dataclasses import replace
+
+    from cudabox.choice import Candidates, Request, choose
+    from cudabox.images.catalog import Extension
+    from cudabox.project.building import ensure_project_image
+    from cudabox.project.declaration import candidate_images, load_project
+    from cudabox.project.lockfile import LOCK_FILE, read_lock, require_current
+
+    catalog = load_catalog()
+    project = load_project(folder)
+    candidates = candidate_images(project, catalog)
+    lock_path = folder / LOCK_FILE
+    lock = read_lock(lock_path)
+    require_current(project, lock, candidates, lock_path)
+    locked = [spec for spec in candidates if lock.get(spec.name) is not None]
+    if args.image:
+        names = {spec.name for spec in locked}
+        unknown = [name for name in args.image if name not in names]
+        if unknown:
+            raise UsageError(
+                f"--image {unknown[0]}: not one of the project's locked images",
+                f"use one of: {', '.join(sorted(names))} (or add it to [tool.cudabox] images "
+                "and run `cudabox lock`)",
+            )
+        specs = [spec for spec in locked if spec.name in args.image]
+    elif args.all_images:
+        specs = locked
+    else:
+        from cudabox.nvml import probe  # NVML: only when the host decides
+
+        # The resolver judges the project's extensions with the framework (their GPU code).
+        with_extensions = []
+        for spec in locked:
+            entry = lock.get(spec.name)
+            extensions = tuple(
+                Extension(p.name, p.version, p.sass, p.ptx, p.cuda_runtime)
+                for p in (entry.extensions if entry else ())
+            )
+            with_extensions.append(replace(spec, extensions=extensions))
+        choice = choose(
+            Request(project.framework),
+            [probe()],
+            Candidates(replace(catalog, images=tuple(with_extensions))),
+        )
+        progress(f"project {project.name}: {choice.image.name}, {choice.why}")
+        specs = [next(spec for spec in locked if spec.name == choice.image.name)]
+    options = build_options(args)
+    rows = []
+    with Engine.connect(read_timeout=BUILD_READ_TIMEOUT_S) as engine:
+        for spec in specs:
+            built = ensure_project_image(
+                engine, project, lock, spec, options, bake=args.bake, nocache=args.no_cache
+            )
+            rows.append(asdict(built))
+    if args.json:
+        print_json(rows)
+        return ExitCode.OK
+    print(
+        table(
+            ["image", "tag", "seconds", "size", "added", "baked", "built"],
+            [
+                [
+                    r["image"],
+                    r["tag"],
+                    r["seconds"],
+                    human_bytes(r["size"]),
+                    human_bytes(r["added_bytes"]),
+                    "yes" if r["baked"] else "no",
+                    "yes" if r["built"] else "no (up to date)",
                 ]
                 for r in rows
             ],

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from cudabox.errors import EngineError
 from cudabox.images.base import choose_base
 from cudabox.images.catalog import ImageSpec, load_catalog
-from cudabox.images.context import BuildOptions, build_args, build_context
-from cudabox.images.labels import labels_for, provenance_labels
+from cudabox.images.context import BuildOptions, build_args, build_context, final_stage_layers
+from cudabox.images.labels import LAYERS, labels_for, provenance_labels
 from cudabox.images.lock import lock_digest
 from cudabox.images.verify import require_verified, verify_image
 from cudabox.options import PackageSources
@@ -62,6 +62,10 @@ def build_image(
         **labels_for(spec, lock_digest(spec.lock)),
         **provenance_labels(base.ref, base.digest, images_dir.parent),
     }
+    base_info = engine.image(base.ref)
+    if base_info is not None and spec.dockerfile.is_file():
+        layers = len(base_info.diff_ids) + final_stage_layers(spec.dockerfile.read_text())
+        labels[LAYERS] = str(layers)
     with build_context(spec, options, images_dir, labels, cudabox_src) as context:
         outcome = engine.build(
             context,

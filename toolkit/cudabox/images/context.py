@@ -150,9 +150,12 @@ def fix_times_and_modes(folder: Path, epoch: int) -> None:
     os.utime(folder, (epoch, epoch))
 
 
-def _quote(text: str) -> str:
+def dockerfile_quote(text: str) -> str:
     """A Dockerfile double-quoted string (no variable expansion)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+_quote = dockerfile_quote
 
 
 def dockerfile_with_labels(text: str, labels: dict[str, str], spec: ImageSpec) -> str:
@@ -170,6 +173,33 @@ def dockerfile_with_labels(text: str, labels: dict[str, str], spec: ImageSpec) -
         "\n".join(instruction if line == LABELS_MARKER else line for line in text.splitlines())
         + "\n"
     )
+
+
+_LAYER_MAKERS = ("COPY", "ADD", "RUN")
+
+
+def final_stage_layers(text: str) -> int:
+    """How many layers a Dockerfile's last stage adds to its base: one per COPY, ADD and RUN.
+
+    The other instructions (ENV, USER, LABEL, WORKDIR of a folder the layers made) change only
+    the image's configuration. Counted for the `cudabox.layers` label, so that an image whose
+    layers go past its label is known to be someone else's work on top.
+    """
+    count = 0
+    continued = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        starts = not continued and bool(stripped) and not stripped.startswith("#")
+        if stripped and not stripped.startswith("#"):
+            continued = stripped.endswith("\\")
+        if not starts:
+            continue
+        word = stripped.split(maxsplit=1)[0].upper()
+        if word == "FROM":
+            count = 0
+        elif word in _LAYER_MAKERS:
+            count += 1
+    return count
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

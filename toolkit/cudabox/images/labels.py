@@ -9,20 +9,33 @@ against the catalog and the labels.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cudabox import __version__
 from cudabox.errors import DataError
-from cudabox.images.catalog import FLAVORS, FRAMEWORKS, ImageSpec
+from cudabox.images.catalog import FLAVORS, FRAMEWORKS, Extension, ImageSpec
 from cudabox.versions import Arch, CudaVersion, DriverVersion
 
 PREFIX = "cudabox."
 OCI = "org.opencontainers.image."
+# How many RootFS layers the image had when cudabox labelled it: more means layers on top that
+# no cudabox label describes (a hand-written `FROM cudabox/...`).
+LAYERS = f"{PREFIX}layers"
+PROJECT = f"{PREFIX}project"
+PROJECT_LOCK = f"{PREFIX}project.lock_sha256"
+PROJECT_IMAGE = f"{PREFIX}project.image"
+PROJECT_BAKED = f"{PREFIX}project.baked"
+PROJECT_CODE = f"{PREFIX}project.code_sha256"  # the baked code's digest ("" when mounted)
+PROJECT_RECIPE = f"{PREFIX}project.recipe_sha256"  # Dockerfile + requirements + code
+BASE_DIGEST = f"{PREFIX}base_digest"
+EXTENSIONS = f"{PREFIX}extensions"
 
 
 def _archs(archs: tuple[Arch, ...]) -> str:
@@ -84,13 +97,44 @@ def provenance_labels(
         source = f"{server}/{env['GITHUB_REPOSITORY']}"
         revision = env.get("GITHUB_SHA")
     elif repo_root is not None:
-        source = _git(repo_root, "remote", "get-url", "origin")
+        remote = _git(repo_root, "remote", "get-url", "origin")
+        source = source_url(remote) if remote else None
         revision = _git(repo_root, "rev-parse", "HEAD")
     if source:
         labels[f"{OCI}source"] = source
     if revision:
         labels[f"{OCI}revision"] = revision
     return labels
+
+
+_SCP_LIKE = re.compile(r"^(?:[^@/:]+@)?([^/:]+):(?!//)(.+)$")
+
+
+def source_url(remote: str) -> str | None:
+    """A git remote as the https URL of its repository; None for a local path or file:// URL.
+
+    The OCI `source` label is read by people and registries elsewhere: a path of the build
+    machine means nothing there, and credentials in a remote URL must never reach an image.
+    """
+    remote = remote.strip()
+    scp = _SCP_LIKE.match(remote)
+    # A one-letter "host" is a Windows drive (C:/src/repo), not a server.
+    if "://" not in remote and scp and len(scp[1]) > 1 and not remote.startswith(("/", ".")):
+        host, path = scp[1], scp[2]  # git@github.com:owner/repo.git
+    else:
+        scheme, _, rest = remote.partition("://")
+        if scheme not in ("https", "http", "ssh", "git", "git+ssh", "ssh+git") or not rest:
+            return None  # file://, a local path
+        authority, _, path = rest.partition("/")
+        host = authority.rpartition("@")[2]  # drop user:token@
+        if scheme != "https" and scheme != "http":
+            host = host.split(":")[0]  # ssh's port is not the web server's
+        elif scheme == "http":
+            return f"http://{host}/{path.removesuffix('.git').strip('/')}" if path else None
+    path = path.removesuffix(".git").strip("/")
+    if not host or not path:
+        return None
+    return f"https://{host}/{path}"
 
 
 @dataclass(frozen=True)
@@ -123,6 +167,94 @@ def _git(repo_root: Path, *args: str) -> str | None:
         return None
     text = done.stdout.strip()
     return text if done.returncode == 0 and text else None
+
+
+def extensions_label(extensions: Sequence[Extension]) -> str:
+    """The `cudabox.extensions` label: the compiled extensions a project image adds, as JSON."""
+    return json.dumps(
+        [
+            {
+                "name": e.name,
+                "version": e.version,
+                "sass": [str(a) for a in e.sass_archs],
+                "ptx": [str(a) for a in e.ptx_archs],
+                "cuda_runtime": list(e.cuda_runtime),
+            }
+            for e in extensions
+        ],
+        separators=(",", ":"),
+    )
+
+
+def parse_extensions(text: str, tag: str = "") -> tuple[Extension, ...]:
+    if not text:
+        return ()
+    try:
+        entries = json.loads(text)
+        return tuple(
+            Extension(
+                name=str(e["name"]),
+                version=str(e["version"]),
+                sass_archs=tuple(Arch.parse(str(a)) for a in e.get("sass", [])),
+                ptx_archs=tuple(Arch.parse(str(a)) for a in e.get("ptx", [])),
+                cuda_runtime=tuple(int(m) for m in e.get("cuda_runtime", [])),
+            )
+            for e in entries
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise DataError(f"image {tag or '?'}: the {EXTENSIONS} label is malformed: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ProjectFacts:
+    """What a project image says about itself beyond its catalog image's labels."""
+
+    project: str  # the project's name
+    image: str  # the catalog image it is built on
+    tag: str  # the project image's tag (its title label is the repository part)
+    lock_sha256: str  # the project lock (cudabox.lock) it was built from
+    base_id: str  # the catalog image's id, which the Dockerfile's FROM names
+    base_ref: str  # the catalog image's tag, for people
+    base_repo_digest: str  # REPO@sha256:... when the catalog image came from a registry, else ""
+    extensions: tuple[Extension, ...]
+    baked: bool
+    code_sha256: str
+    recipe_sha256: str
+    layers: int
+    description: str
+
+
+def project_labels(
+    facts: ProjectFacts,
+    repo_root: Path | None,
+    env: Mapping[str, str] | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, str]:
+    """The labels a project image adds to (or puts over) the ones its catalog image passes on.
+
+    The catalog's cudabox.* labels stay: the framework, its CUDA and architectures and the
+    image's own lock are still what the image holds (the build's proof checks the last). What
+    would be untrue is put over: the title, the description, the base, the provenance; an
+    inherited source or revision that the project cannot give is blanked, not kept.
+    """
+    digest = facts.base_repo_digest.rpartition("@")[2] or facts.base_id
+    provenance = provenance_labels(facts.base_ref, digest, repo_root, env, now)
+    return {
+        f"{OCI}title": facts.tag.rpartition(":")[0],
+        f"{OCI}description": facts.description,
+        f"{OCI}source": "",
+        f"{OCI}revision": "",
+        **provenance,
+        PROJECT: facts.project,
+        PROJECT_LOCK: facts.lock_sha256,
+        PROJECT_IMAGE: facts.image,
+        PROJECT_BAKED: "true" if facts.baked else "false",
+        PROJECT_CODE: facts.code_sha256,
+        PROJECT_RECIPE: facts.recipe_sha256,
+        BASE_DIGEST: facts.base_id,
+        EXTENSIONS: extensions_label(facts.extensions),
+        LAYERS: str(facts.layers),
+    }
 
 
 def spec_from_labels(labels: dict[str, str], tag: str = "") -> ImageSpec:
@@ -158,6 +290,9 @@ def spec_from_labels(labels: dict[str, str], tag: str = "") -> ImageSpec:
             ptx_cuda=CudaVersion.parse(get("ptx_cuda")) if get("ptx_cuda") else None,
             forward_compat=get("forward_compat") == "true",
             tag=tag or f"cudabox/{get('image')}:latest",
+            project=get("project") or None,
+            base_name=get("project.image") or None,
+            extensions=parse_extensions(get("extensions"), tag),
         )
     except ValueError as exc:
         raise DataError(f"image {tag or '?'}: a cudabox label is malformed: {exc}") from None

@@ -12,6 +12,11 @@ compiled with hash-based invalidation (a .pyc holds the source's hash, not its t
 file, folder and link gets the time --epoch: the same lock gives byte-identical layers.
 /stage/system holds the image's user: /etc/passwd and /etc/group with one line added, its home
 and /workspace.
+
+A project image (cudabox.project.building) is built on a catalog image whose venv is already
+there: with --only-new FILE (the site-packages listing taken before the project's install), only
+the distributions whose .dist-info FILE does not name move; the venv, the interpreter and the
+user stay the catalog image's, so no venv or system folder is made.
 """
 
 from __future__ import annotations
@@ -105,6 +110,17 @@ def add_user(stage: Path, name: str, uid: int) -> None:
         os.chown(folder, uid, uid)
 
 
+def only_new(owned: dict[str, list[Path]], site: Path, before: Path) -> dict[str, list[Path]]:
+    """The distributions installed after `before` (a listing of site-packages) was taken."""
+    present = {line.strip() for line in before.read_text().splitlines()}
+    new = {}
+    for dist, paths in owned.items():
+        infos = {p.relative_to(site).parts[0] for p in paths if site in p.parents}
+        if not any(i.endswith(".dist-info") and i in present for i in infos):
+            new[dist] = paths
+    return new
+
+
 def set_times(stage: Path, epoch: int) -> None:
     for root, dirs, files in os.walk(stage, topdown=False):
         for entry in (*files, *dirs):
@@ -119,11 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch", type=int, required=True)
     parser.add_argument("--layer", action="append", default=[], help="a distribution of its own")
     parser.add_argument("--rest", required=True, help="the layer of every other distribution")
-    parser.add_argument("--user", required=True, metavar="NAME:UID")
+    parser.add_argument("--user", metavar="NAME:UID", help="the image's user (not with --only-new)")
+    parser.add_argument(
+        "--only-new", type=Path, metavar="FILE", help="a project: move only what FILE does not list"
+    )
     args = parser.parse_args(argv)
+    if (args.user is None) == (args.only_new is None):
+        parser.error("give exactly one of --user (a catalog image) and --only-new (a project)")
     venv, stage = args.venv.resolve(), args.stage
     (site,) = venv.glob("lib/python*/site-packages")
 
+    if args.only_new is not None:
+        return stage_new(venv, site, stage, args)
     # Stale bytecode (pip's, ensurepip's) goes: every layer is compiled afresh below.
     for cache in sorted(venv.rglob("__pycache__"), reverse=True):
         shutil.rmtree(cache)
@@ -158,6 +181,36 @@ def main(argv: list[str] | None = None) -> int:
         folder = stage / layer
         compiled = compile_layer(folder) if folder.is_dir() else 0
         print(f"stage: {layer}: {sizes.get(layer, 0) / 1e6:,.1f} MB, {compiled} modules compiled")
+    set_times(stage, args.epoch)
+    return 0
+
+
+def stage_new(venv: Path, site: Path, stage: Path, args: argparse.Namespace) -> int:
+    """A project's layers: its own distributions only, the catalog image's venv left as it is."""
+    owned = only_new(distributions(site), site, args.only_new)
+    heavy = [normalise(n) for n in args.layer]
+    missing = [n for n in heavy if n not in owned]
+    if missing:
+        print(
+            f"stage: not newly installed, yet named with --layer: {', '.join(missing)}",
+            file=sys.stderr,
+        )
+        return 2
+    sizes: dict[str, int] = {}
+    for dist, paths in sorted(owned.items()):
+        layer = dist if dist in heavy else args.rest
+        for path in paths:
+            if path.parent.name == "__pycache__" or not os.path.lexists(path):
+                continue  # installed with --no-compile: every layer is compiled afresh below
+            if venv not in path.parents:
+                print(f"stage: {dist} installs {path} outside the venv", file=sys.stderr)
+                return 2
+            sizes[layer] = sizes.get(layer, 0) + move(path, venv, stage, layer)
+    for layer in sorted({*heavy, args.rest}):
+        folder = stage / layer
+        compiled = compile_layer(folder) if folder.is_dir() else 0
+        print(f"stage: {layer}: {sizes.get(layer, 0) / 1e6:,.1f} MB, {compiled} modules compiled")
+    stage.mkdir(parents=True, exist_ok=True)
     set_times(stage, args.epoch)
     return 0
 
