@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
@@ -96,15 +96,7 @@ def _load_as_if_written(root: Path, name: str, text: str) -> Project:
                 _unmirror(exc.message, mirror, root, name),
                 exc.fix and _unmirror(exc.fix, mirror, root, name),
             ) from None
-    return Project(
-        root=root,
-        name=project.name,
-        source=root / project.source.name,
-        dependencies=project.dependencies,
-        optional_dependencies=project.optional_dependencies,
-        dependency_groups=project.dependency_groups,
-        settings=project.settings,
-    )
+    return replace(project, root=root, source=root / project.source.name)
 
 
 def _unmirror(text: str, mirror: Path, root: Path, name: str) -> str:
