@@ -558,3 +558,24 @@ def test_a_failed_import_of_a_companion_names_the_images_framework() -> None:
         lock, _spec(), base,
     )  # fmt: skip
     assert "system-packages" in (other.fix or "") and "libGL.so.1" in other.message
+
+
+@pytest.mark.slow
+def test_a_catalog_build_labels_the_layers_it_has_and_its_package_layers_are_unchanged(
+    engine: Any,
+) -> None:
+    from cudabox.images.build import build_image, remove_built
+
+    spec = _spec()
+    catalog = engine.image(spec.tag)
+    tag = "cudabox-test/layers-label:latest"
+    built = None
+    try:
+        built = build_image(engine, spec, _options(), load_catalog().root, tag=tag)
+        info = engine.image(tag)
+        assert info.labels[LAYERS] == str(len(info.diff_ids)) == "7"
+        # stage.py's project mode left the catalog's layers as they were, byte for byte: base,
+        # system, venv, numpy, torch, deps (only cudabox's own source layer may differ).
+        assert info.diff_ids[:6] == catalog.diff_ids[:6]
+    finally:
+        remove_built(engine, tag, built)
