@@ -4,6 +4,7 @@ packages, the folder at /workspace; an edit of the code rebuilds nothing, and st
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 
 from cudabox.images.catalog import load_catalog
 from cudabox.project.building import project_tag
+
+pytest_plugins = ["registry_server"]  # the `registry` fixture: a real registry on loopback
 
 BASE = "torch-2.13-cpu"
 ENV = {**os.environ, "CUDABOX_HOST_PIP": "1"}  # the host's CA bundle and wheelhouse reach builds
@@ -150,3 +153,40 @@ def test_a_stale_lock_stops_the_run_with_exit_6(tmp_path: Path) -> None:
     result = cudabox("run", "--dry-run", cwd=root)
     assert result.returncode == 6
     assert "stale" in result.stderr and "cudabox lock" in result.stderr
+
+
+def test_kubernetes_refuses_a_project_whose_code_is_not_baked(tmp_path: Path) -> None:
+    root = tmp_path / "kube"
+    write_project(root, "kubedemo")
+    assert cudabox("lock", cwd=root, timeout=300).returncode == 0
+    cpu_host = str(Path(__file__).parent.parent / "fixtures" / "hosts" / "cpu-only.json")
+    result = cudabox("run", "--scheduler", "k8s", "--dry-run", "--host", cpu_host, cwd=root)
+    assert result.returncode == 2, result.stderr
+    assert "a Kubernetes pod has no mount of this folder" in result.stderr
+    assert "bake = true" in result.stderr
+
+
+def test_publish_then_pull_in_a_project_folder(
+    project: tuple[Path, str], docker_engine: Any, registry: Any
+) -> None:
+    root, tag = project
+    repo = f"{registry.host}/cudabox"
+    assert cudabox("run", "--", "python", "-c", "pass", cwd=root).returncode == 0  # built
+    published = cudabox("publish", "--registry", repo, "--json", cwd=root)
+    assert published.returncode == 0, published.stderr
+    (entry,) = json.loads(published.stdout)
+    assert entry["reference"] == f"{repo}/{root.name}:{BASE}"
+    assert entry["pinned"].startswith(f"{repo}/{root.name}@sha256:")
+    assert (entry["baked"], entry["built"]) == (False, False)
+
+    # A host without the project image: pull judges the registry's, pulls it by digest and
+    # tags it as the project's, and the next run starts in it without a build.
+    docker_engine.images.remove(docker_engine.images.get(tag).id, force=True)
+    pulled = cudabox("pull", "--registry", repo, "--json", cwd=root)
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout) == [{"name": BASE, "pinned": entry["pinned"], "tag": tag}]
+    ran = cudabox("run", "--", "python", "-c", "import tqdm; print('ok')", cwd=root)
+    assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr
+    assert "build project" not in ran.stderr
+    pinned = docker_engine.images.get(entry["pinned"])
+    docker_engine.images.remove(pinned.id, force=True)  # the digest reference too

@@ -32,6 +32,7 @@ from cudabox.container import (
 )
 from cudabox.errors import Unavailable, UsageError
 from cudabox.images.catalog import ImageSpec
+from cudabox.images.labels import PROJECT_LOCK
 from cudabox.jobs.spec import Rendezvous, torchrun_argv
 from cudabox.options import DEFAULT_SHM, PackageSources, absolute, current_directory
 from cudabox.output import progress
@@ -152,7 +153,8 @@ def ensure_image(
 ) -> None:
     """Pull a registry image by digest, or build a catalog image the engine lacks, or make the
     project's image present and current (built on its catalog image when missing or stale)."""
-    if spec.project is not None and project is not None and "@" not in spec.tag:
+    ours = project is not None and spec.project == project.project.name
+    if ours and project is not None and "@" not in spec.tag:
         ensure_project(engine, spec, build_missing, project)
         return
     if "@" in spec.tag:
@@ -181,8 +183,13 @@ def ensure_project(
 ) -> None:
     """The project image of `spec`: kept when current (an edit of mounted code changes nothing),
     else built on its catalog image. --no-build runs what is there, and builds nothing."""
+    present = engine.image(spec.tag)
+    base = project.base(spec)
+    pulled = present is not None and present.labels.get(PROJECT_LOCK) == project.lock.sha256
+    if pulled and engine.image(base.tag) is None:
+        return  # pulled (`cudabox pull`): its catalog image is not here to build on
     if not build_missing:
-        if engine.image(spec.tag) is None:
+        if present is None:
             raise Unavailable(
                 f"the project image {spec.tag} is not built",
                 "run `cudabox build` in the project folder (or drop --no-build)",
@@ -196,7 +203,7 @@ def ensure_project(
         engine,
         project.project,
         project.lock,
-        project.base(spec),
+        base,
         BuildOptions(PackageSources.resolve()),
         build_missing=True,
         bake=None,

@@ -1,29 +1,42 @@
 """`cudabox pull`: pre-pull for a fleet, by digest, after judging the images in the registry.
 
-Named targets are pulled as published; without targets, the image that fits this host.
+Named targets are pulled as published; without targets, the image that fits this host. In a
+project folder (or with --project), the project's images as `cudabox publish` pushed them
+(REPO/<project>:<image>), tagged as the project's own once pulled, so `cudabox run` takes them.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
 
-from cudabox.choice import Request, choose, registry_candidates
+from cudabox.choice import Candidates, Request, choose, registry_candidates
 from cudabox.commands._registry import registry_from
 from cudabox.engine import Engine
-from cudabox.errors import ExitCode, NotFound
+from cudabox.errors import ExitCode, NotFound, UsageError
 from cudabox.images.catalog import Catalog, ImageSpec, load_catalog
+from cudabox.images.labels import PROJECT_LOCK
 from cudabox.images.publish import pull_judged
+from cudabox.images.remote import image_reference, spec_of
 from cudabox.images.targets import resolve_targets
 from cudabox.nvml import probe
 from cudabox.options import registry_settings
 from cudabox.output import print_json, progress, table
-from cudabox.registry import RegistryClient
+from cudabox.project.building import project_tag
+from cudabox.project.candidates import project_specs, read_project_lock
+from cudabox.project.declaration import load_project
+from cudabox.project.discover import project_folder
+from cudabox.registry import RegistryClient, RepositoryDenied
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
     repo = registry_from(args.registry)
     tag, ca = registry_settings(args.tag, args.registry_ca)
     catalog = load_catalog()
+    folder = project_folder(getattr(args, "project", None), getattr(args, "no_project", False))
+    if folder is not None:
+        return _pull_project(args, folder, catalog, repo, ca)
     with RegistryClient(ca_bundle=ca) as client:
         if args.targets:
             chosen = _named(catalog, args.targets, client, repo, tag)
@@ -64,3 +77,58 @@ def _named(
 def _show(notes: tuple[str, ...]) -> None:
     for note in notes:
         progress(f"cudabox: {note}")
+
+
+# ---- a project's images --------------------------------------------------------------------------
+
+
+def _pull_project(
+    args: argparse.Namespace, folder: Path, catalog: Catalog, repo: str, ca: Path | None
+) -> int:
+    """The project image that fits this host (or the ones named), judged from the registry's
+    labels before any layer moves, pulled by digest and tagged as the project's image."""
+    if args.targets:
+        raise UsageError(
+            "in a project folder, pull chooses the project's image that fits this host",
+            "drop the image names (or pass --no-project to pull catalog images)",
+        )
+    project = load_project(folder)
+    lock = read_project_lock(project)
+    found: list[ImageSpec] = []
+    with RegistryClient(ca_bundle=ca) as client:
+        for spec in project_specs(project, lock, catalog):
+            # publish pushes REPO/<project>:<image>: the tag names the catalog image.
+            ref = image_reference(repo, project.image_name, spec.base_name or spec.name)
+            try:
+                remote = client.image(ref)
+            except (NotFound, RepositoryDenied):
+                progress(f"cudabox: {ref}: not published")
+                continue
+            got = spec_of(remote, str(remote.pinned))
+            if got.project != project.name or got.base_name != spec.base_name:
+                progress(f"cudabox: {ref}: skipped: its labels name another project or image")
+                continue
+            if remote.labels.get(PROJECT_LOCK) != lock.sha256:
+                progress(f"cudabox: warning: {ref} was built from another {folder.name} lock")
+            found.append(got)
+    if not found:
+        raise NotFound(
+            f"{repo}/{project.image_name} holds none of the project {project.name}'s images",
+            f"publish them: `cudabox publish --registry {repo}` in the project folder",
+        )
+    candidates = Candidates(replace(catalog, images=tuple(found)), " in the registry")
+    request = Request(framework=project.framework, flavor=args.flavor)
+    chosen = choose(request, [probe()], candidates)
+    progress(f"cudabox: {chosen.image.tag}: {chosen.why}")
+    local = project_tag(project.image_name, chosen.image.base_name or chosen.image.name)
+    with Engine.connect(read_timeout=600) as engine:
+        pull_judged(engine, chosen.image)
+        engine.tag(chosen.image.tag, local)
+    rows = [{"name": chosen.image.name, "pinned": chosen.image.tag, "tag": local}]
+    if args.json:
+        print_json(rows)
+    else:
+        print(
+            table(["image", "pinned", "tagged"], [[r["name"], r["pinned"], r["tag"]] for r in rows])
+        )
+    return int(ExitCode.OK)
