@@ -215,6 +215,14 @@ def bench_images(session: nox.Session) -> None:
     session.run("python", "benchmarks/image_build.py", *session.posargs, env=_env())
 
 
+@nox.session(name="bench-project", tags=["bench"])
+def bench_project(session: nox.Session) -> None:
+    """Project environments: lock s/image, project image size and layers, edit -> first line."""
+    _install(session)
+    session.run("cudabox", "base", env=_env())
+    session.run("python", "benchmarks/project.py", *session.posargs, env=_env())
+
+
 @nox.session(name="bench-registry", tags=["bench"])
 def bench_registry(session: nox.Session) -> None:
     """Choosing in a local registry without pulling, and pull time and bytes (needs Docker)."""
