@@ -48,5 +48,8 @@ def project_folder(
         if not named.is_dir():
             raise UsageError(f"--project {named}: no such folder", "pass the project's folder")
         return named.resolve()
-    here = (cwd or Path.cwd()).resolve()
+    try:
+        here = (cwd or Path.cwd()).resolve()
+    except FileNotFoundError:
+        return None  # a deleted working directory holds no project; commands that need it say so
     return here if declares_cudabox(here) else None
