@@ -142,6 +142,18 @@ def test_a_dry_run_in_a_project_folder_names_the_project_image_and_mounts_the_fo
     assert result.returncode == 0, result.stderr
     assert f"{root}:/workspace" in result.stdout
     assert result.stdout.rstrip().endswith(f"{project_tag('drydemo', BASE)} python main.py")
+    # Slurm: every node's `cudabox run` names the project image (nodes never build).
+    cpu_host = str(Path(__file__).parent.parent / "fixtures" / "hosts" / "cpu-only.json")
+    slurm = cudabox(
+        "run", "--scheduler", "slurm", "--launcher", "cudabox", "--dry-run", "--host", cpu_host,
+        cwd=root,
+    )  # fmt: skip
+    assert slurm.returncode == 0, slurm.stderr
+    assert f"run --image {project_tag('drydemo', BASE)} " in slurm.stdout
+    assert slurm.stdout.rstrip().endswith("--no-build -- python main.py")
+    # train: the project's framework only.
+    train = cudabox("train", "tensorflow", "--dry-run", "--cpu", cwd=root)
+    assert train.returncode == 2 and "is a torch project" in train.stderr
 
 
 def test_a_stale_lock_stops_the_run_with_exit_6(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cudabox.commands._launch import chosen_target, launch_options, opened_target, project_of
-from cudabox.errors import ExitCode
+from cudabox.errors import ExitCode, UsageError
 from cudabox.options import absolute, current_directory
 from cudabox.output import print_json, table
 from cudabox.train import TrainOptions, output_folder, summary, train, workload_options
@@ -15,6 +15,13 @@ from cudabox.train import TrainOptions, output_folder, summary, train, workload_
 def cmd_train(args: argparse.Namespace) -> int:
     target = chosen_target(args, here=args.here)
     project = project_of(args, target)
+    if project is not None and project.framework != args.framework:
+        raise UsageError(
+            f"the project {project.name} is a {project.framework} project; its images cannot "
+            f"run the {args.framework} workload",
+            f"run `cudabox train {project.framework}`, or pass --no-project for the catalog's "
+            f"{args.framework} images",
+        )
     launch = launch_options(args, target, project)
     out = absolute(args.out) if args.out else current_directory() / "runs" / args.framework
     output_folder(out, args.dry_run)
