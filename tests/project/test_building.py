@@ -115,13 +115,15 @@ def locked_packages(requirements: list[str], work: Path) -> tuple[LockedPackage,
     return tuple(sorted(packages, key=lambda p: p.name))
 
 
-def make_project(root: Path, deps: list[str], packages: tuple[LockedPackage, ...]) -> ProjectLock:
+def make_project(
+    root: Path, deps: list[str], packages: tuple[LockedPackage, ...], settings: str = ""
+) -> ProjectLock:
     root.mkdir(parents=True, exist_ok=True)
     listed = ", ".join(json.dumps(d) for d in ["torch", *deps])
     (root / "pyproject.toml").write_text(
         f'[project]\nname = "Demo_Trainer"\nversion = "0.1.0"\ndependencies = [{listed}]\n\n'
         f'[tool.cudabox]\nframework = "torch"\nimages = ["{IMAGE}"]\n'
-        'env = { DEMO_GREETING = "hello $USER" }\n'
+        'env = { DEMO_GREETING = "hello $USER" }\n' + settings
     )
     (root / "train.py").write_text("print('training')\n")
     (root / "data").mkdir(exist_ok=True)
@@ -335,6 +337,26 @@ def test_build_bake_puts_the_code_at_workspace(
         assert "1000 644 1767225600 train.py" in lines
         assert "1000 755 1767225600 data/run.sh" in lines
         assert lines[-2] == "training"
+    finally:
+        _cleanup(engine, built)
+
+
+@pytest.mark.slow
+def test_system_packages_come_from_apt_and_the_image_keeps_its_user(
+    engine: Any, tmp_path: Path
+) -> None:
+    # No Python distributions at all: no build stage, one apt layer.
+    lock = make_project(tmp_path / "proj", [], (), 'system-packages = ["jq"]\n')
+    project = load_project(tmp_path / "proj")
+    built = None
+    try:
+        built = ensure_project_image(engine, project, lock, _spec(), _options())
+        info = engine.image(built.tag)
+        base = engine.image(_spec().tag)
+        assert info.user == base.user == "1000:1000"
+        assert len(info.diff_ids) == len(base.diff_ids) + 1 == int(info.labels[LAYERS])
+        ran = engine.run(built.tag, ["sh", "-c", "id -u; echo '{\"a\": 1}' | jq .a"], timeout=60)
+        assert ran.ok and ran.output.split() == ["1000", "1"], ran.output
     finally:
         _cleanup(engine, built)
 

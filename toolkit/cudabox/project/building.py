@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.utils import canonicalize_name
 
-from cudabox.errors import BuildError, CudaboxError, DataError, EngineError, Unavailable
+from cudabox.errors import BuildError, DataError, EngineError, Unavailable
 from cudabox.images.build import build_and_verify
 from cudabox.images.catalog import Extension, ImageSpec
 from cudabox.images.context import (
@@ -318,6 +318,10 @@ def ensure_project_image(
             "run `cudabox lock` in the project folder (add the image to [tool.cudabox] images "
             "if it is not a candidate)",
         )
+    if not spec.lock.is_file():  # the proof compares the image with its lock
+        raise DataError(
+            f"{spec.name}: lock {spec.lock} does not exist", f"run `cudabox lock {spec.name}`"
+        )
     tag = project_tag(project.name, spec.name)
     base = engine.image(spec.tag)
     if base is None:
@@ -422,7 +426,10 @@ def _build_and_prove(
 
     log = BuildLog()
     with _assembled(project, image_lock, spec, recipe, labels, files, options, epoch) as context:
-        extra = [*([spec.index_url] if spec.index_url else []), *project.settings.index_urls]
+        # As the catalog build: the image's own index only where no wheelhouse stands in for it
+        # (images.context.build_args); the project's indexes always, the lock's files are there.
+        own = spec.index_url if spec.index_url and not options.sources.wheelhouses else None
+        extra = [*([own] if own else []), *project.settings.index_urls]
         try:
             outcome = engine.build(
                 context,
@@ -436,7 +443,7 @@ def _build_and_prove(
                 progress=show,
                 log=log,
             )
-        except CudaboxError:
+        except BaseException:  # a failed step, or Ctrl-C: what the build made so far goes
             _remove_partial(engine, log.layers)
             raise
     stage_id = _stage_id(outcome.layers)
@@ -535,10 +542,6 @@ def proof_input(image_lock: ImageLock, spec: ImageSpec) -> dict[str, Any]:
 def _prove(
     engine: Engine, ref: str, project: Project, image_lock: ImageLock, spec: ImageSpec
 ) -> None:
-    if not spec.lock.is_file():
-        raise DataError(
-            f"{spec.name}: lock {spec.lock} does not exist", f"run `cudabox lock {spec.name}`"
-        )
     given = proof_input(image_lock, spec)
     progress(
         f"  proof: {len(given['base'])} distributions of {spec.name} unchanged, "
