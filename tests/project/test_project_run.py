@@ -200,5 +200,9 @@ def test_publish_then_pull_in_a_project_folder(
     ran = cudabox("run", "--", "python", "-c", "import tqdm; print('ok')", cwd=root)
     assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr
     assert "build project" not in ran.stderr
+    # run --registry: chosen among the registry's project images, run by digest.
+    remote = cudabox("run", "--registry", repo, "--", "python", "-c", "import tqdm", cwd=root)
+    assert remote.returncode == 0, remote.stderr
+    assert f"of the project {root.name} in the registry" in remote.stderr
     pinned = docker_engine.images.get(entry["pinned"])
     docker_engine.images.remove(pinned.id, force=True)  # the digest reference too

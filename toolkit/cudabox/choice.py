@@ -20,10 +20,10 @@ from cudabox.compat import load_compat
 from cudabox.errors import CudaboxError, DataError, NoImageFits, Unavailable, Unlabelled
 from cudabox.host import HostProfile
 from cudabox.images.catalog import Catalog, ImageSpec
-from cudabox.images.labels import LAYERS, spec_from_labels
+from cudabox.images.labels import LAYERS, PROJECT_LOCK, spec_from_labels
 from cudabox.project.candidates import project_specs
 from cudabox.project.declaration import Project
-from cudabox.project.lockfile import ProjectLock
+from cudabox.project.lockfile import LOCK_FILE, ProjectLock
 from cudabox.resolver import Flavor, Reason, Selection, image_reasons, judge, select
 
 if TYPE_CHECKING:
@@ -162,6 +162,44 @@ def registry_candidates(
     notes += [f"{s.reference}: skipped: {s.reason}" for s in skipped]
     return Candidates(
         Catalog(images=tuple(found), root=catalog.root), " in the registry", tuple(notes)
+    )
+
+
+def registry_project_candidates(
+    project: Project, lock: ProjectLock, catalog: Catalog, client: RegistryClient, repo: str
+) -> Candidates:
+    """The project's images as `cudabox publish` pushed them (REPO/<project>:<image>), judged
+    from their labels and pinned to the digest read. NotFound (9) when none is there."""
+    from cudabox.errors import NotFound  # with the HTTP stack: see registry_candidates
+    from cudabox.images.remote import image_reference, spec_of
+    from cudabox.registry import RepositoryDenied
+
+    found: list[ImageSpec] = []
+    notes: list[str] = []
+    for spec in project_specs(project, lock, catalog):
+        ref = image_reference(repo, project.image_name, spec.base_name or spec.name)
+        try:
+            remote = client.image(ref)
+        except (NotFound, RepositoryDenied):
+            notes.append(f"{ref}: not published")
+            continue
+        got = spec_of(remote, str(remote.pinned))
+        if got.project != project.name or got.base_name != spec.base_name:
+            notes.append(f"{ref}: skipped: its labels name another project or image")
+            continue
+        if remote.labels.get(PROJECT_LOCK) != lock.sha256:
+            notes.append(f"warning: {ref} was built from another {LOCK_FILE} of {project.name}")
+        found.append(got)
+    if not found:
+        raise NotFound(
+            f"{repo}/{project.image_name} holds none of the project {project.name}'s images",
+            f"publish them: `cudabox publish --registry {repo}` in the project folder",
+        )
+    return Candidates(
+        replace(catalog, images=tuple(found)),
+        f" of the project {project.name} in the registry",
+        tuple(notes),
+        ProjectImages(project, lock, catalog),
     )
 
 

@@ -16,6 +16,7 @@ from cudabox.choice import (
     is_reference,
     project_candidates,
     registry_candidates,
+    registry_project_candidates,
     require_visible_gpu,
 )
 from cudabox.cluster import ClusterOptions
@@ -254,16 +255,20 @@ def opened_target(
 def _candidates(
     options: LaunchOptions, registry: RegistryClient | None, project: Project | None = None
 ) -> Candidates:
-    """The project's images in a project; else the catalog's, or (with --registry, when the
-    image is chosen) the registry's."""
+    """The catalog's images, or the project's; with --registry (when the image is chosen) those
+    the registry holds, pulled by digest once chosen."""
     catalog = load_catalog()
-    if project is not None:
-        return project_candidates(project, read_project_lock(project), catalog)
+    lock = read_project_lock(project) if project is not None else None
     if registry is None or not options.registry or options.image != "auto":
+        if project is not None and lock is not None:
+            return project_candidates(project, lock, catalog)
         return catalog_candidates(catalog)
-    found = registry_candidates(
-        catalog, registry, options.registry, options.registry_tag, options.framework
-    )
+    if project is not None and lock is not None:  # as `cudabox publish` pushed them
+        found = registry_project_candidates(project, lock, catalog, registry, options.registry)
+    else:
+        found = registry_candidates(
+            catalog, registry, options.registry, options.registry_tag, options.framework
+        )
     for note in found.notes:
         progress(f"cudabox: {note}")
     return found

@@ -8,26 +8,23 @@ project folder (or with --project), the project's images as `cudabox publish` pu
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
-from cudabox.choice import Candidates, Request, choose, registry_candidates
+from cudabox.choice import Request, choose, registry_candidates, registry_project_candidates
 from cudabox.commands._registry import registry_from
 from cudabox.engine import Engine
 from cudabox.errors import ExitCode, NotFound, UsageError
 from cudabox.images.catalog import Catalog, ImageSpec, load_catalog
-from cudabox.images.labels import PROJECT_LOCK
 from cudabox.images.publish import pull_judged
-from cudabox.images.remote import image_reference, spec_of
 from cudabox.images.targets import resolve_targets
 from cudabox.nvml import probe
 from cudabox.options import registry_settings
 from cudabox.output import print_json, progress, table
 from cudabox.project.building import project_tag
-from cudabox.project.candidates import project_specs, read_project_lock
+from cudabox.project.candidates import read_project_lock
 from cudabox.project.declaration import load_project
 from cudabox.project.discover import project_folder
-from cudabox.registry import RegistryClient, RepositoryDenied
+from cudabox.registry import RegistryClient
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -93,30 +90,11 @@ def _pull_project(
             "drop the image names (or pass --no-project to pull catalog images)",
         )
     project = load_project(folder)
-    lock = read_project_lock(project)
-    found: list[ImageSpec] = []
     with RegistryClient(ca_bundle=ca) as client:
-        for spec in project_specs(project, lock, catalog):
-            # publish pushes REPO/<project>:<image>: the tag names the catalog image.
-            ref = image_reference(repo, project.image_name, spec.base_name or spec.name)
-            try:
-                remote = client.image(ref)
-            except (NotFound, RepositoryDenied):
-                progress(f"cudabox: {ref}: not published")
-                continue
-            got = spec_of(remote, str(remote.pinned))
-            if got.project != project.name or got.base_name != spec.base_name:
-                progress(f"cudabox: {ref}: skipped: its labels name another project or image")
-                continue
-            if remote.labels.get(PROJECT_LOCK) != lock.sha256:
-                progress(f"cudabox: warning: {ref} was built from another {folder.name} lock")
-            found.append(got)
-    if not found:
-        raise NotFound(
-            f"{repo}/{project.image_name} holds none of the project {project.name}'s images",
-            f"publish them: `cudabox publish --registry {repo}` in the project folder",
+        candidates = registry_project_candidates(
+            project, read_project_lock(project), catalog, client, repo
         )
-    candidates = Candidates(replace(catalog, images=tuple(found)), " in the registry")
+    _show(candidates.notes)
     request = Request(framework=project.framework, flavor=args.flavor)
     chosen = choose(request, [probe()], candidates)
     progress(f"cudabox: {chosen.image.tag}: {chosen.why}")
