@@ -3,6 +3,7 @@ over a fleet in a project folder, a named image judged on the hosts, hand-derive
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -182,6 +183,17 @@ def test_select_in_a_project_folder_picks_the_image_whose_extensions_cover_both_
         line for line in out.splitlines() if line.startswith(f"cudabox-project/demo:{NEWER}")
     )
     assert "hgx-h100: torch-scatter 2.1.2 has sm_80 only" in newer_row
+    assert main(["select", "--framework", "torch", "--json", *hosts]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["selected"]["tag"], data["selected"]["project"]) == (
+        f"cudabox-project/demo:{OLDER}",
+        "demo",
+    )
+    newer = next(c for c in data["candidates"] if c["name"] == NEWER)
+    assert newer["extensions"] == [
+        {"name": "torch-scatter", "version": "2.1.2", "sass": ["8.0"], "ptx": []}
+    ]
+    assert [b["kind"] for b in newer["blockers"]] == ["extension"]
     # The same fleet without the project (--no-project) takes the newer catalog image.
     assert main(["select", "--framework", "torch", "--no-project", *hosts]) == 0
     assert f"selected: {NEWER} (cudabox/{NEWER}:latest)" in capsys.readouterr().out

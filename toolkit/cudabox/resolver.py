@@ -77,6 +77,7 @@ class Selection:
                 "cuda": str(chosen.cuda) if chosen.cuda else None,
                 "cudnn": chosen.cudnn,
                 "tag": chosen.tag,
+                "project": chosen.project,
             },
             "message": self.message,
             "fix": self.fix,
@@ -86,6 +87,17 @@ class Selection:
                     "framework_version": v.image.framework_version,
                     "flavor": v.image.flavor,
                     "cuda": str(v.image.cuda) if v.image.cuda else None,
+                    "tag": v.image.tag,
+                    "project": v.image.project,  # a project's image: its name, else None
+                    "extensions": [
+                        {
+                            "name": e.name,
+                            "version": e.version,
+                            "sass": [str(a) for a in e.sass_archs],
+                            "ptx": [str(a) for a in e.ptx_archs],
+                        }
+                        for e in v.image.extensions
+                    ],
                     "fits": v.fits,
                     "reasons": [r.render(fleet) for r in v.reasons],
                     "blockers": [
