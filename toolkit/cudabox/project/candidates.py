@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from cudabox.images.catalog import Catalog, Extension, ImageSpec
-from cudabox.project.building import project_tag
 from cudabox.project.declaration import Project, candidate_images
 from cudabox.project.lockfile import LOCK_FILE, ImageLock, ProjectLock, read_lock, require_current
 
@@ -33,6 +32,9 @@ def project_specs(project: Project, lock: ProjectLock, catalog: Catalog) -> tupl
 
 def project_spec(project: Project, base: ImageSpec, entry: ImageLock) -> ImageSpec:
     """The catalog image `base` as the project's image: same facts, plus the extensions."""
+    # Imported here: the build machinery, which a run of a catalog image does not load.
+    from cudabox.project.building import project_tag
+
     return replace(
         base,
         tag=project_tag(project.image_name, base.name),
