@@ -13,7 +13,9 @@ build stage and container it made, on failure too.
         repro     two more builds with --no-cache: their layer diff_ids, identical or not
         edit-run  after an edit of a .py in the copy: invoke-to-first-line of `cudabox run
                   --project DIR -- python -c 'print("first")'` vs the same with --no-project (the
-                  catalog image), median of --runs each, and whether the run built anything
+                  catalog image), median of --runs each, and whether the run built anything;
+                  with CUDABOX_HOST_PIP set, once more without it (reading the host pip's
+                  settings is a pip subprocess, which a run pays when it may build)
 
 Build settings come from CUDABOX_CA_CERT / _INDEX_URL / _WHEELHOUSE, or the host's pip config
 with CUDABOX_HOST_PIP=1 (what the nox session sets). The catalog image must be on the engine, or
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -41,7 +44,9 @@ from typing import Any
 from cudabox.engine import Engine
 from cudabox.errors import EngineError
 from cudabox.images.catalog import load_catalog
+from cudabox.options import HOST_PIP_ENV
 from cudabox.project.building import project_tag
+from cudabox.project.lockfile import LOCK_FILE, read_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "torch-project"
@@ -69,6 +74,8 @@ class BuildFigures:
     image_bytes: int
     base_bytes: int
     installed_bytes: int  # the lock's, for this image
+    files_bytes: int = 0  # in the image: the new distributions' listed files (their RECORD)
+    bytecode_bytes: int = 0  # in the image: the .pyc the build compiled for them (not in RECORD)
 
     @property
     def added_bytes(self) -> int:
@@ -77,6 +84,11 @@ class BuildFigures:
     @property
     def ratio(self) -> float:
         return self.added_bytes / self.installed_bytes if self.installed_bytes else float("nan")
+
+    @property
+    def ratio_without_bytecode(self) -> float:
+        added = self.added_bytes - self.bytecode_bytes
+        return added / self.installed_bytes if self.installed_bytes else float("nan")
 
 
 @dataclass
@@ -92,6 +104,7 @@ class ReproFigures:
 
 @dataclass
 class RunFigures:
+    environment: str  # which environment the runs had
     project_s: list[float]
     catalog_s: list[float]
     builds_seen: int  # project runs whose stderr showed a build
@@ -109,7 +122,7 @@ class Figures:
     locks: list[LockFigures] = field(default_factory=list)
     build: BuildFigures | None = None
     repro: ReproFigures | None = None
-    run: RunFigures | None = None
+    runs: list[RunFigures] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -191,6 +204,33 @@ def installed_bytes(lock: LockFigures, image: str) -> int:
     return int(row["installed_bytes"])
 
 
+# Run in the project image: what the new distributions' files and their bytecode weigh there.
+_CONTENTS = """
+import importlib.metadata as md, importlib.util, json, os, sys
+listed = pyc = 0
+for name in json.loads(sys.argv[1]):
+    for f in md.distribution(name).files or []:
+        path = str(f.locate())
+        if "__pycache__" not in path and os.path.isfile(path) and not os.path.islink(path):
+            listed += os.path.getsize(path)
+        if path.endswith(".py"):
+            cached = importlib.util.cache_from_source(path)
+            if os.path.isfile(cached):
+                pyc += os.path.getsize(cached)
+print("cudabox-bench:", json.dumps({"listed": listed, "pyc": pyc}))
+"""
+
+
+def image_contents(engine: Engine, tag: str, names: Sequence[str]) -> tuple[int, int]:
+    """(listed file bytes, bytecode bytes) of the distributions `names` in the image `tag`."""
+    result = engine.run(tag, ["python", "-c", _CONTENTS, json.dumps(list(names))], timeout=120)
+    line = next((x for x in result.output.splitlines() if x.startswith("cudabox-bench: ")), None)
+    if line is None:
+        raise StepFailed(f"reading the distributions in {tag}: {result.output[-2000:]}")
+    found = json.loads(line.removeprefix("cudabox-bench: "))
+    return int(found["listed"]), int(found["pyc"])
+
+
 def build(folder: Path, image: str, nocache: bool) -> tuple[dict[str, Any], float, str]:
     args = ["build", "--project", str(folder), "--image", image, "--json"]
     if nocache:
@@ -200,13 +240,14 @@ def build(folder: Path, image: str, nocache: bool) -> tuple[dict[str, Any], floa
     return row, wall, " ".join(["cudabox", *args])
 
 
-def first_line(args: Sequence[str], cwd: Path) -> tuple[float, str]:
+def first_line(args: Sequence[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
     """Seconds from invoke to the first stdout line, and the whole stderr."""
     with tempfile.TemporaryFile("w+") as err:
         started = time.monotonic()
         with subprocess.Popen(
             [sys.executable, "-m", "cudabox", "run", *args, "--", "python", "-c", 'print("first")'],
             cwd=cwd,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -224,7 +265,9 @@ def first_line(args: Sequence[str], cwd: Path) -> tuple[float, str]:
     return seconds, stderr
 
 
-def run_figures(engine: Engine, folder: Path, tag: str, runs: int) -> RunFigures:
+def run_figures(
+    engine: Engine, folder: Path, tag: str, runs: int, environment: str, env: dict[str, str]
+) -> RunFigures:
     before = engine.image(tag)
     if before is None:
         raise StepFailed(f"{tag} is not on the engine before the runs")
@@ -234,19 +277,20 @@ def run_figures(engine: Engine, folder: Path, tag: str, runs: int) -> RunFigures
     builds = up_to_date = 0
     # Warm both paths once (page cache, the Docker SDK's first import), then alternate, so that
     # the other engineers' load falls on both alike.
-    first_line(["--no-project"], folder)
-    first_line(["--project", str(folder)], folder)
+    first_line(["--no-project"], folder, env)
+    first_line(["--project", str(folder)], folder, env)
     for n in range(runs):
         with edited.open("a") as f:
             f.write(f"# bench edit {n} {time.time()!r}\n")
-        seconds, stderr = first_line(["--project", str(folder)], folder)
+        seconds, stderr = first_line(["--project", str(folder)], folder, env)
         project_s.append(round(seconds, 3))
         builds += BUILD_SIGNAL in stderr
         up_to_date += "is up to date" in stderr
-        seconds, _ = first_line(["--no-project"], folder)
+        seconds, _ = first_line(["--no-project"], folder, env)
         catalog_s.append(round(seconds, 3))
     after = engine.image(tag)
     return RunFigures(
+        environment,
         project_s,
         catalog_s,
         builds,
@@ -282,6 +326,9 @@ def measure(engine: Engine, image: str, runs: int, tmp: Path, made: set[str]) ->
         if base is None or built is None:
             raise StepFailed(f"{spec.tag} or {tag} is missing after the build")
         made.add(built.id)
+        image_lock = read_lock(example / LOCK_FILE).get(image)
+        names = [p.name for p in image_lock.packages] if image_lock else []
+        files_bytes, bytecode_bytes = image_contents(engine, tag, names)
         figures.build = BuildFigures(
             command,
             round(wall, 1),
@@ -290,6 +337,8 @@ def measure(engine: Engine, image: str, runs: int, tmp: Path, made: set[str]) ->
             built.size,
             base.size,
             installed_bytes(figures.locks[0], image),
+            files_bytes,
+            bytecode_bytes,
         )
     except StepFailed as exc:
         figures.errors.append(f"build: {exc}")
@@ -310,10 +359,17 @@ def measure(engine: Engine, image: str, runs: int, tmp: Path, made: set[str]) ->
         figures.repro = ReproFigures(seconds, layers, len(base.diff_ids) if base else 0)
     except StepFailed as exc:
         figures.errors.append(f"reproducible: {exc}")
-    try:
-        figures.run = run_figures(engine, example, tag, runs)
-    except StepFailed as exc:
-        figures.errors.append(f"edit -> run: {exc}")
+    # As given; and, when CUDABOX_HOST_PIP is set, without it too: a run reads the host pip's
+    # settings when it may build, which costs a pip subprocess (a GPU host has no such setting).
+    variants = [("as given", dict(os.environ))]
+    if os.environ.get(HOST_PIP_ENV):
+        plain = {k: v for k, v in os.environ.items() if k != HOST_PIP_ENV}
+        variants.append((f"{HOST_PIP_ENV} unset", plain))
+    for environment, env in variants:
+        try:
+            figures.runs.append(run_figures(engine, example, tag, runs, environment, env))
+        except StepFailed as exc:
+            figures.errors.append(f"edit -> run ({environment}): {exc}")
     return figures
 
 
@@ -353,6 +409,7 @@ def as_json(figures: Figures) -> dict[str, Any]:
             **asdict(figures.build),
             "added_bytes": figures.build.added_bytes,
             "ratio": round(figures.build.ratio, 4),
+            "ratio_without_bytecode": round(figures.build.ratio_without_bytecode, 4),
         }
     if figures.repro:
         out["reproducible"] = {
@@ -360,13 +417,15 @@ def as_json(figures: Figures) -> dict[str, Any]:
             "identical": figures.repro.identical,
             "digests": [digest(d) for d in figures.repro.diff_ids],
         }
-    if figures.run:
-        out["edit_run"] = {
-            **asdict(figures.run),
-            "project_median_s": statistics.median(figures.run.project_s),
-            "catalog_median_s": statistics.median(figures.run.catalog_s),
-            "difference_s": round(figures.run.difference_s, 3),
+    out["edit_run"] = [
+        {
+            **asdict(run),
+            "project_median_s": statistics.median(run.project_s),
+            "catalog_median_s": statistics.median(run.catalog_s),
+            "difference_s": round(run.difference_s, 3),
         }
+        for run in figures.runs
+    ]
     return out
 
 
@@ -393,6 +452,11 @@ def report(figures: Figures) -> None:
             f"  image {b.image_bytes:,} B - base {b.base_bytes:,} B = {b.added_bytes:,} B added; "
             f"lock installed {b.installed_bytes:,} B: {b.ratio:.3f}x (goal <= 1.25x)"
         )
+        print(
+            f"  in the image: the distributions' listed files {b.files_bytes:,} B, the bytecode "
+            f"the build compiled {b.bytecode_bytes:,} B; without the bytecode "
+            f"{b.ratio_without_bytecode:.3f}x"
+        )
     repro = figures.repro
     if repro:
         print(
@@ -405,10 +469,10 @@ def report(figures: Figures) -> None:
                 f"  build {n}: diff_ids digest {digest(ids)}; above the base: "
                 + " ".join(i.removeprefix("sha256:")[:12] for i in ids[repro.base_layers :])
             )
-    run = figures.run
-    if run:
+    for run in figures.runs:
         print(
-            f"edit -> run, invoke to first line, median of {len(run.project_s)}: project "
+            f"edit -> run ({run.environment}), invoke to first line, median of "
+            f"{len(run.project_s)}: project "
             f"{statistics.median(run.project_s):.3f} s, catalog (--no-project) "
             f"{statistics.median(run.catalog_s):.3f} s, difference {run.difference_s:+.3f} s "
             "(goal within 1 s)"
