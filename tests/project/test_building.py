@@ -235,6 +235,7 @@ def test_a_pure_python_project_keeps_the_images_torch_and_adds_only_its_packages
         assert info.diff_ids[: len(base.diff_ids)] == base.diff_ids
         assert len(info.diff_ids) == len(base.diff_ids) + 1
         assert info.labels[LAYERS] == str(len(info.diff_ids))
+        assert "cudabox.image=torch-2.13-cpu" in engine.history(first.tag)[0]  # prune: cudabox's
         assert info.labels["cudabox.project"] == "Demo_Trainer"
         assert info.labels["cudabox.project.image"] == IMAGE
         assert info.labels["cudabox.project.lock_sha256"] == lock.sha256

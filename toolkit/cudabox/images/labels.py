@@ -245,6 +245,9 @@ def project_labels(
         f"{OCI}source": "",
         f"{OCI}revision": "",
         **provenance,
+        # Restated (the same value): the last step names it, as on every image cudabox builds,
+        # which is how `cudabox prune` tells cudabox's images from hand-built ones on top.
+        f"{PREFIX}image": facts.image,
         PROJECT: facts.project,
         PROJECT_LOCK: facts.lock_sha256,
         PROJECT_IMAGE: facts.image,
