@@ -3,14 +3,20 @@ loads as the project, and what it refuses leaves the folder byte for byte as it 
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import subprocess
 import sys
 import tomllib
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cudabox.errors import ExitCode
+from cudabox.project.building import project_tag
 from cudabox.project.declaration import load_project
 
 TORCH_PYPROJECT = """\
@@ -31,14 +37,17 @@ line-length = 100
 """
 
 
-def cudabox(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cudabox(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cudabox", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
         cwd=cwd,
+        env=env,
     )
 
 
@@ -221,3 +230,48 @@ def test_the_example_projects_declare_and_lock_what_their_readmes_say(
     assert cudabox("init", "--project", str(bare), *named).returncode == 0
     again = load_project(bare)
     assert again.framework == framework and again.settings.command == project.settings.command
+
+
+def test_the_torch_example_trains_in_its_project_image(
+    tmp_path: Path, docker_engine: Any, catalog_image: Any
+) -> None:
+    # The README's quick start on the real engine: lock, build and run the example (a copy under
+    # a name of its own, so its image is this test's alone), torch from the CPU image.
+    catalog_image("torch-2.13-cpu")
+    name = f"spiral-test-{uuid.uuid4().hex[:8]}"
+    root = tmp_path / name
+    shutil.copytree(EXAMPLES / "torch-project", root)
+    pyproject = root / "pyproject.toml"
+    text = pyproject.read_text().replace('name = "spiral-classifier"', f'name = "{name}"')
+    pyproject.write_text(
+        text.replace("[tool.cudabox]\n", '[tool.cudabox]\nimages = ["torch-2.13-cpu"]\n')
+    )
+    tag = project_tag(name, "torch-2.13-cpu")
+    env = {**os.environ, "CUDABOX_HOST_PIP": "1"}  # the host's CA bundle and wheelhouse
+    try:
+        for step in (("lock",), ("build",)):
+            done = cudabox(*step, cwd=root, env=env, timeout=900)
+            assert done.returncode == 0, done.stdout + done.stderr
+        trained = cudabox("run", "--no-build", cwd=root, env=env)
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+        assert "torch 2.13.0+cpu, torchmetrics 1.9.0" in trained.stdout
+        assert re.search(r"held-out accuracy 0\.9[0-9]+", trained.stdout), trained.stdout
+        # The script's own verdict is the run's exit code.
+        strict = (
+            "run",
+            "--no-build",
+            "--",
+            "python",
+            "train.py",
+            "--epochs",
+            "1",
+            "--min-accuracy",
+            "1.01",
+        )
+        failed = cudabox(*strict, cwd=root, env=env)
+        assert failed.returncode == 1 and "FAILED: accuracy" in failed.stderr
+    finally:
+        for image in docker_engine.images.list(filters={"label": f"cudabox.stage_of={tag}"}):
+            docker_engine.images.remove(image.id, force=True)
+        if docker_engine.images.list(name=tag):
+            docker_engine.images.remove(tag, force=True)
