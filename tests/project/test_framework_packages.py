@@ -8,6 +8,7 @@ import pytest
 
 from cudabox.errors import DataError
 from cudabox.images.catalog import load_catalog
+from cudabox.images.lock import parse_lock
 from cudabox.project.framework_packages import load_framework_packages, parse_framework_packages
 from cudabox.sourced import read_data
 
@@ -56,6 +57,7 @@ def test_the_catalog_locks_agree() -> None:
         (('framework = "torch"', 'framework = "jax"', 1), "framework must be one of"),
         (("schema = 1", "schema = 2", 1), "'schema' must be 1"),
         (('role = "image"', 'role = "image"\nextra = 1', 1), "unknown key 'extra'"),
+        (('same-as = "tensorflow"', 'same-as = "TensorFlow"', 1), "'same-as' must be"),
     ],
 )
 def test_a_broken_table_is_a_data_error(change: tuple[str, str, int], fragment: str) -> None:
@@ -64,3 +66,23 @@ def test_a_broken_table_is_a_data_error(change: tuple[str, str, int], fragment: 
     assert old in text
     with pytest.raises(DataError, match=re.escape(fragment)):
         parse_framework_packages(text.replace(old, new, count))
+
+
+def test_tensorflow_cpu_is_another_build_of_tensorflow() -> None:
+    # A project's `tensorflow>=2.21` is judged against the CPU image's tensorflow-cpu pin.
+    packages = load_framework_packages()
+    assert set(packages.variants("tensorflow")) >= {"tensorflow", "tensorflow-cpu"}
+    assert "tensorflow" in packages.variants("TensorFlow_CPU")
+    assert packages.variants("torch") == ("torch",)
+    assert packages.variants("tqdm") == ("tqdm",)
+
+
+def test_a_tensorflow_pin_is_judged_against_the_cpu_images_tensorflow_cpu() -> None:
+    from cudabox.project.locking import _framework_findings
+
+    spec = load_catalog().get("tf-2.21-cpu")
+    pins = parse_lock(spec.lock.read_text())
+    assert "tensorflow" not in pins and "tensorflow-cpu" in pins
+    assert _framework_findings(["tensorflow>=2.21"], pins, spec) == []
+    (finding,) = _framework_findings(["tensorflow>=2.22"], pins, spec)
+    assert finding.fatal and "the image has tensorflow-cpu 2.21.0" in finding.message

@@ -19,6 +19,7 @@ _FRAMEWORKS = ("torch", "tensorflow", "any")
 _ROLES = ("image", "companion", "project")
 _FIX = "reinstall cudabox; if you edited data/framework_packages.toml, correct the row it names"
 _KEYS: dict[str, type] = {"name": str, "framework": str, "role": str, "source": str}
+_OPTIONAL: dict[str, type] = {"same-as": str}
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*(?:-?\*)?$")
 
 
@@ -28,6 +29,9 @@ class FrameworkPackage:
     framework: str  # "torch", "tensorflow" or "any"
     role: Role
     source: str
+    # Another distribution of the same package (tensorflow-cpu is tensorflow without CUDA): a
+    # project's pin on either is judged against whichever of them the image has.
+    same_as: str | None = None
 
     @property
     def is_prefix(self) -> bool:
@@ -52,6 +56,13 @@ class FrameworkPackages:
         row = self.match(distribution)
         return row is not None and row.role == "image"
 
+    def variants(self, distribution: str) -> tuple[str, ...]:
+        """The distribution and every other name the same package ships under (same-as)."""
+        name = canonicalize_name(distribution)
+        row = self.match(name)
+        root = row.same_as if row is not None and row.same_as else name
+        return tuple(dict.fromkeys([name, root, *(r.name for r in self.rows if r.same_as == root)]))
+
     def implies(self, distribution: str) -> str | None:
         """The framework that naming this distribution implies, if any."""
         row = self.match(distribution)
@@ -71,7 +82,7 @@ def parse_framework_packages(
     rows: list[FrameworkPackage] = []
     for n, row in enumerate(rows_of(data, "package", where, _FIX), start=1):
         at = f"{where} row {n}"
-        unknown = sorted(set(row) - set(_KEYS))
+        unknown = sorted(set(row) - set(_KEYS) - set(_OPTIONAL))
         if unknown:
             raise DataError(f"{at}: unknown key {unknown[0]!r}", _FIX)
         for key, kind in _KEYS.items():
@@ -79,6 +90,13 @@ def parse_framework_packages(
                 raise DataError(
                     f"{at}: {key!r} must be a {kind.__name__}, got {row.get(key)!r}", _FIX
                 )
+        same_as = row.get("same-as")
+        if same_as is not None and (
+            type(same_as) is not str or canonicalize_name(same_as) != same_as
+        ):
+            raise DataError(
+                f"{at}: 'same-as' must be a normalised distribution name, got {same_as!r}", _FIX
+            )
         check_cited(row, sources, at, _FIX)
         name = row["name"]
         if not _NAME_RE.match(name) or (not name.endswith("*") and canonicalize_name(name) != name):
@@ -94,7 +112,7 @@ def parse_framework_packages(
             raise DataError(f"{at}: role must be one of {_ROLES}, got {row['role']!r}", _FIX)
         if any(r.name == name for r in rows):
             raise DataError(f"{at}: a second row for {name!r}", _FIX)
-        rows.append(FrameworkPackage(name, row["framework"], row["role"], row["source"]))
+        rows.append(FrameworkPackage(name, row["framework"], row["role"], row["source"], same_as))
     return FrameworkPackages(tuple(rows), sources)
 
 

@@ -217,7 +217,9 @@ def _framework_findings(
     for text in requirements:
         requirement = Requirement(text)
         name = canonicalize_name(requirement.name)
-        pin = pins.get(name)
+        # tensorflow>=2.21 is met by the CPU image's tensorflow-cpu 2.21.0 (same-as).
+        variants = load_framework_packages().variants(name)
+        pin = next((pins[v] for v in variants if v in pins), None)
         if pin is None:
             found.append(
                 Finding(
@@ -230,7 +232,7 @@ def _framework_findings(
             found.append(
                 Finding(
                     "framework-pin",
-                    f"the project asks for {text}; the image has {name} {pin.version}",
+                    f"the project asks for {text}; the image has {pin.name} {pin.version}",
                     fatal=True,
                 )
             )
