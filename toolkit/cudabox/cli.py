@@ -53,9 +53,12 @@ def _probe_args(parser: argparse.ArgumentParser) -> None:
     _json_flag(parser, "print the host profile as JSON")
 
 
-def _selection_args(parser: argparse.ArgumentParser, framework_required: bool = True) -> None:
+def _selection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--framework", choices=FRAMEWORKS, required=framework_required, default="torch"
+        "--framework",
+        choices=FRAMEWORKS,
+        default=None,
+        help="the images' framework (required outside a project folder; in one, the project's)",
     )
     parser.add_argument("--flavor", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument(

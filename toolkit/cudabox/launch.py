@@ -204,7 +204,7 @@ def ensure_project(
         project.project,
         project.lock,
         base,
-        BuildOptions(PackageSources.resolve()),
+        lambda: BuildOptions(PackageSources.resolve()),  # read only when it builds
         build_missing=True,
         bake=None,
     )

@@ -20,7 +20,7 @@ from cudabox.choice import (
     selection,
 )
 from cudabox.commands._shared import hosts_from_files
-from cudabox.errors import ExitCode, NoImageFits
+from cudabox.errors import ExitCode, NoImageFits, UsageError
 from cudabox.images.catalog import load_catalog
 from cudabox.options import REGISTRY_ENV, registry_settings
 from cudabox.output import print_json, progress, table
@@ -32,7 +32,7 @@ from cudabox.resolver import Flavor, Selection
 
 @dataclass(frozen=True)
 class SelectOptions:
-    framework: str
+    framework: str | None  # None: the project's (outside a project, an error)
     flavor: Flavor
     hosts: tuple[Path, ...]
     local: bool = False
@@ -79,16 +79,27 @@ def selection_for(options: SelectOptions) -> Selection:
     framework = options.framework
     if options.project is not None:
         project = load_project(options.project)
+        if framework not in (None, project.framework):
+            raise UsageError(
+                f"--framework {framework}, but the project {project.name} is a "
+                f"{project.framework} project",
+                "drop --framework in a project folder, or pass --no-project",
+            )
         framework = project.framework
         candidates = project_candidates(project, read_project_lock(project), catalog)
         progress(f"cudabox: the images of the project {project.name} ({options.project})")
+    elif framework is None:
+        raise UsageError(
+            "--framework is required outside a project folder",
+            "pass --framework torch or --framework tensorflow",
+        )
     elif options.registry:
         # Imported here: the HTTP stack, which `cudabox select` without --registry skips.
         from cudabox.registry import RegistryClient
 
         with RegistryClient(ca_bundle=options.registry_ca) as client:
             candidates = registry_candidates(
-                catalog, client, options.registry, options.tag, options.framework
+                catalog, client, options.registry, options.tag, framework
             )
     elif options.local:
         # Imported here: the Docker SDK, which `cudabox select` without --local skips.

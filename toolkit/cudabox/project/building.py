@@ -22,7 +22,7 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,7 +298,7 @@ def ensure_project_image(
     project: Project,
     lock: ProjectLock,
     spec: ImageSpec,
-    options: BuildOptions,
+    options: BuildOptions | Callable[[], BuildOptions],
     *,
     build_missing: bool = True,
     bake: bool | None = None,
@@ -307,10 +307,22 @@ def ensure_project_image(
 ) -> ProjectBuild:
     """The project's image on the catalog image `spec`: the one there when up to date, else built.
 
+    `options` may be a function that makes them: resolving the package sources can read the
+    host's pip config (half a second), which a run of an up-to-date image should not pay.
+
     Up to date: the tag exists with the same project lock, catalog image id and (baked) code,
     and the same recipe (Dockerfile, requirements, env, system packages). A missing catalog
     image is built first (and verified), unless build_missing is False (Unavailable, exit 4).
     """
+    made: list[BuildOptions] = []
+
+    def resolved() -> BuildOptions:
+        if not made:
+            made.append(options if isinstance(options, BuildOptions) else options())
+        return made[0]
+
+    if isinstance(options, BuildOptions):
+        nocache = nocache or options.nocache
     image_lock = lock.get(spec.name)
     if image_lock is None:
         raise DataError(
@@ -334,7 +346,7 @@ def ensure_project_image(
         progress(
             f"project {project.name}: the catalog image {spec.tag} is missing; building it first"
         )
-        build_and_verify(engine, spec, options.sources)
+        build_and_verify(engine, spec, resolved().sources)
         base = engine.image(spec.tag)
         if base is None:
             raise BuildError(f"building {spec.tag} left no image of that tag")
@@ -349,7 +361,7 @@ def ensure_project_image(
         layers=len(base.diff_ids) + final_stage_layers(dockerfile),
     )
     existing = engine.image(tag)
-    if existing is not None and not (force or nocache or options.nocache):
+    if existing is not None and not (force or nocache):
         labels = existing.labels
         current = (
             labels.get(PROJECT_LOCK) == lock.sha256
@@ -390,8 +402,8 @@ def ensure_project_image(
     )
     labels = project_labels(facts, project.root)
     return _build_and_prove(
-        engine, project, image_lock, spec, base, recipe, labels, files, options,
-        nocache=nocache or options.nocache, baked=baked, epoch=epoch,
+        engine, project, image_lock, spec, base, recipe, labels, files, resolved(),
+        nocache=nocache or resolved().nocache, baked=baked, epoch=epoch,
     )  # fmt: skip
 
 
