@@ -22,25 +22,12 @@ from typing import Any
 
 import pytest
 
+from cliproc import cudabox
 from cudabox.errors import ExitCode
 
 # The engine is shared with other test sessions: each run of these tests counts only its own.
 RUN_ID = uuid.uuid4().hex[:12]
 LABEL = ["--label", "cudabox.test=1", "--label", f"cudabox.fault-test={RUN_ID}"]
-
-
-def cudabox(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cudabox", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-        check=False,
-    )
 
 
 def assert_error(result: subprocess.CompletedProcess[str], code: ExitCode, *names: str) -> None:

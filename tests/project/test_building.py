@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from cliproc import cudabox
 from cudabox.errors import BuildError, Unavailable
 from cudabox.images.build import BUILD_READ_TIMEOUT_S
 from cudabox.images.catalog import Extension, ImageSpec, load_catalog
@@ -604,21 +605,14 @@ def test_a_catalog_build_labels_the_layers_it_has_and_its_package_layers_are_unc
         remove_built(engine, tag, built)
 
 
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cudabox", *args],
-        capture_output=True, text=True, timeout=120, check=False, cwd=cwd,
-    )  # fmt: skip
-
-
 def test_build_refuses_a_target_with_project_options_and_an_image_the_lock_lacks(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "proj"
     make_project(root, [], ())
-    mixed = _cli("build", IMAGE, "--image", IMAGE)
+    mixed = cudabox("build", IMAGE, "--image", IMAGE)
     assert mixed.returncode == 2 and "drop the TARGET" in mixed.stderr
-    other = _cli("build", "--project", str(root), "--image", "torch-2.15-cu132")
+    other = cudabox("build", "--project", str(root), "--image", "torch-2.15-cu132")
     assert other.returncode == 2, other.stderr
     assert "not one of the project's locked images" in other.stderr
 
@@ -628,6 +622,6 @@ def test_build_in_a_project_folder_refuses_a_stale_lock(tmp_path: Path) -> None:
     make_project(root, [], ())
     text = (root / "pyproject.toml").read_text()
     (root / "pyproject.toml").write_text(text.replace('["torch"]', '["torch", "tqdm"]'))
-    stale = _cli("build", "--json", cwd=root)
+    stale = cudabox("build", "--json", cwd=root)
     assert stale.returncode == 6, stale.stderr
     assert "cudabox.lock is stale" in stale.stderr and "cudabox lock" in stale.stderr

@@ -3,11 +3,8 @@ loads as the project, and what it refuses leaves the folder byte for byte as it 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tomllib
 import uuid
 from pathlib import Path
@@ -15,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cliproc import cudabox
 from cudabox.errors import ExitCode
 from cudabox.project.building import project_tag
 from cudabox.project.declaration import load_project
@@ -35,20 +33,6 @@ dev = ["pytest"]
 [tool.ruff]
 line-length = 100
 """
-
-
-def cudabox(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cudabox", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=cwd,
-        env=env,
-    )
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -247,7 +231,7 @@ def test_the_torch_example_trains_in_its_project_image(
         text.replace("[tool.cudabox]\n", '[tool.cudabox]\nimages = ["torch-2.13-cpu"]\n')
     )
     tag = project_tag(name, "torch-2.13-cpu")
-    env = {**os.environ, "CUDABOX_HOST_PIP": "1"}  # the host's CA bundle and wheelhouse
+    env = {"CUDABOX_HOST_PIP": "1"}  # the host's CA bundle and wheelhouse
     try:
         for step in (("lock",), ("build",)):
             done = cudabox(*step, cwd=root, env=env, timeout=900)
