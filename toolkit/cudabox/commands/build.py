@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from cudabox.commands._shared import package_sources
 from cudabox.engine import Engine
 from cudabox.errors import ExitCode, UsageError
 from cudabox.images.build import BUILD_READ_TIMEOUT_S, build_image
@@ -19,18 +20,12 @@ from cudabox.images.catalog import load_catalog
 from cudabox.images.context import BuildOptions
 from cudabox.images.targets import resolve_targets
 from cudabox.images.verify import require_verified, verify_image
-from cudabox.options import PackageSources
 from cudabox.output import human_bytes, print_json, progress, table
 
 
 def build_options(args: argparse.Namespace) -> BuildOptions:
     """The package sources and cache choice `build` and `verify` share."""
-    sources = PackageSources.resolve(
-        ca_cert=args.ca_cert,
-        index_url=args.index_url,
-        wheelhouses=args.wheelhouse,
-        host_pip=args.host_pip,
-    )
+    sources = package_sources(args)
     return BuildOptions(sources, nocache=args.no_cache)
 
 
@@ -87,18 +82,17 @@ def _build_project(args: argparse.Namespace, folder: Path) -> int:
     from dataclasses import replace
 
     from cudabox.choice import Candidates, Request, choose
-    from cudabox.images.catalog import Extension
     from cudabox.project.building import ensure_project_image
-    from cudabox.project.declaration import candidate_images, load_project
-    from cudabox.project.lockfile import LOCK_FILE, read_lock, require_current
+    from cudabox.project.candidates import project_specs, read_project_lock
+    from cudabox.project.declaration import load_project
 
     catalog = load_catalog()
     project = load_project(folder)
-    candidates = candidate_images(project, catalog)
-    lock_path = folder / LOCK_FILE
-    lock = read_lock(lock_path)
-    require_current(project, lock, candidates, lock_path)
-    locked = [spec for spec in candidates if lock.get(spec.name) is not None]
+    lock = read_project_lock(project)
+    # The locked candidates as the resolver judges them (with their extensions; current lock
+    # only), and the catalog images they are built on.
+    judged = project_specs(project, lock, catalog)
+    locked = [catalog.get(spec.name) for spec in judged]
     if args.image:
         names = {spec.name for spec in locked}
         unknown = [name for name in args.image if name not in names]
@@ -114,19 +108,8 @@ def _build_project(args: argparse.Namespace, folder: Path) -> int:
     else:
         from cudabox.nvml import probe  # NVML: only when the host decides
 
-        # The resolver judges the project's extensions with the framework (their GPU code).
-        with_extensions = []
-        for spec in locked:
-            entry = lock.get(spec.name)
-            extensions = tuple(
-                Extension(p.name, p.version, p.sass, p.ptx, p.cuda_runtime)
-                for p in (entry.extensions if entry else ())
-            )
-            with_extensions.append(replace(spec, extensions=extensions))
         choice = choose(
-            Request(project.framework),
-            [probe()],
-            Candidates(replace(catalog, images=tuple(with_extensions))),
+            Request(project.framework), [probe()], Candidates(replace(catalog, images=judged))
         )
         progress(f"project {project.name}: {choice.image.name}, {choice.why}")
         specs = [next(spec for spec in locked if spec.name == choice.image.name)]

@@ -11,11 +11,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cudabox.commands._shared import package_sources
 from cudabox.errors import ExitCode, UsageError
 from cudabox.images.catalog import Catalog, load_catalog
 from cudabox.images.locking import lock_image, write_lock
 from cudabox.images.targets import resolve_targets
-from cudabox.options import PackageSources
 from cudabox.output import human_bytes, print_json, progress, table
 from cudabox.project.declaration import REQUIREMENTS, load_project
 from cudabox.project.discover import project_folder
@@ -67,12 +67,7 @@ def _lock_project(args: argparse.Namespace, catalog: Catalog, folder: Path) -> i
         else:
             print(f"{path} is current ({len(lock.images)} images)")
         return ExitCode.OK
-    sources = PackageSources.resolve(
-        ca_cert=args.ca_cert,
-        index_url=args.index_url,
-        wheelhouses=args.wheelhouse,
-        host_pip=args.host_pip,
-    )
+    sources = package_sources(args)
     outcome = lock_project(
         project,
         catalog,
@@ -140,8 +135,7 @@ def _row(outcome: ImageOutcome) -> dict[str, Any]:
                 "ptx": [str(a) for a in p.ptx],
                 "cuda_runtime": list(p.cuda_runtime),
             }
-            for p in (lock.packages if lock else ())
-            if p.has_gpu_code or p.cuda_runtime
+            for p in (lock.extensions if lock else ())
         ],
         "findings": [
             {"kind": f.kind, "fatal": f.fatal, "message": f.message} for f in outcome.findings
@@ -150,12 +144,7 @@ def _row(outcome: ImageOutcome) -> dict[str, Any]:
 
 
 def _lock_catalog(args: argparse.Namespace, catalog: Catalog) -> int:
-    sources = PackageSources.resolve(
-        ca_cert=args.ca_cert,
-        index_url=args.index_url,
-        wheelhouses=args.wheelhouse,
-        host_pip=args.host_pip,
-    )
+    sources = package_sources(args)
     rows = []
     for spec in resolve_targets(catalog, args.targets, empty_means_all=True):
         progress(f"lock {spec.name}: {spec.requirements.relative_to(catalog.root)}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cudabox.choice import ProjectImages, project_candidates
 from cudabox.commands._registry import registry_from
+from cudabox.commands._shared import package_sources
 from cudabox.engine import Engine
 from cudabox.errors import ExitCode, Unavailable, UsageError
 from cudabox.images.build import BUILD_READ_TIMEOUT_S
@@ -33,12 +34,7 @@ from cudabox.registry import RegistryClient
 def cmd_publish(args: argparse.Namespace) -> int:
     repo = registry_from(args.registry)
     _, ca = registry_settings(args.tag, args.registry_ca)
-    sources = PackageSources.resolve(
-        ca_cert=args.ca_cert,
-        index_url=args.index_url,
-        wheelhouses=args.wheelhouse,
-        host_pip=args.host_pip,
-    )
+    sources = package_sources(args)
     catalog = load_catalog()
     folder = project_folder(getattr(args, "project", None), getattr(args, "no_project", False))
     if folder is not None:

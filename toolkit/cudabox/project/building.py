@@ -32,7 +32,7 @@ from packaging.utils import canonicalize_name
 
 from cudabox.errors import BuildError, DataError, EngineError, Unavailable
 from cudabox.images.build import build_and_verify
-from cudabox.images.catalog import Extension, ImageSpec
+from cudabox.images.catalog import ImageSpec
 from cudabox.images.context import (
     LABELS_MARKER,
     BuildOptions,
@@ -389,10 +389,7 @@ def ensure_project_image(
         base_id=base.id,
         base_ref=spec.tag,
         base_repo_digest=base.repo_digests[0] if base.repo_digests else "",
-        extensions=tuple(
-            Extension(p.name, p.version, p.sass, p.ptx, p.cuda_runtime)
-            for p in image_lock.extensions
-        ),
+        extensions=tuple(p.extension() for p in image_lock.extensions),
         baked=baked,
         code_sha256=recipe.code_sha256,
         recipe_sha256=recipe.sha256,

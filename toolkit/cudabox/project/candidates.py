@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from cudabox.images.catalog import Catalog, Extension, ImageSpec
+from cudabox.images.catalog import Catalog, ImageSpec
 from cudabox.project.declaration import Project, candidate_images
 from cudabox.project.lockfile import LOCK_FILE, ImageLock, ProjectLock, read_lock, require_current
 
@@ -40,11 +40,7 @@ def project_spec(project: Project, base: ImageSpec, entry: ImageLock) -> ImageSp
         tag=project_tag(project.image_name, base.name),
         project=project.name,
         base_name=base.name,
-        extensions=tuple(
-            Extension(p.name, p.version, p.sass, p.ptx, p.cuda_runtime)
-            for p in entry.packages
-            if p.has_gpu_code or p.cuda_runtime
-        ),
+        extensions=tuple(p.extension() for p in entry.extensions),
     )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cudabox.errors import DataError
-from cudabox.images.catalog import ImageSpec
+from cudabox.images.catalog import Extension, ImageSpec
 from cudabox.images.lock import lock_digest
 from cudabox.output import write_atomic
 from cudabox.project.declaration import Project
@@ -51,6 +51,14 @@ class LockedPackage:
     @property
     def has_gpu_code(self) -> bool:
         return bool(self.sass or self.ptx)
+
+    @property
+    def is_extension(self) -> bool:
+        """Compiled GPU code, or a link to a CUDA runtime: what the resolver must judge."""
+        return self.has_gpu_code or bool(self.cuda_runtime)
+
+    def extension(self) -> Extension:
+        return Extension(self.name, self.version, self.sass, self.ptx, self.cuda_runtime)
 
     @property
     def pin(self) -> str:
@@ -81,7 +89,7 @@ class ImageLock:
 
     @property
     def extensions(self) -> tuple[LockedPackage, ...]:
-        return tuple(p for p in self.packages if p.has_gpu_code)
+        return tuple(p for p in self.packages if p.is_extension)
 
     def get(self, name: str) -> LockedPackage | None:
         return next((p for p in self.packages if p.name == name), None)
@@ -256,7 +264,7 @@ def render_lock(lock: ProjectLock) -> str:
                 f"direct = {'true' if package.direct else 'false'}",
                 f"modules = {_array(package.modules)}",
             ]
-            if package.has_gpu_code or package.cuda_runtime:
+            if package.is_extension:
                 lines += [
                     f"sass = {_array(str(a) for a in package.sass)}",
                     f"ptx = {_array(str(a) for a in package.ptx)}",
